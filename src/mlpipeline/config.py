@@ -1,0 +1,275 @@
+"""The pipeline's one typed configuration object.
+
+Every field has a documented default. In Airflow each field is read from the Airflow Variable of the same name
+(``crawl_url``, ``ml_model_type``, ...; JSON for lists and objects) and a run's ``conf`` may override any field.
+Outside Airflow the same object is built from plain dictionaries. A bad value raises :class:`ConfigError` whose
+message names the field and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ColumnType = Literal["numeric", "integer", "categorical", "boolean", "date"]
+ModelType = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
+MetricName = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc"]
+SourceFormat = Literal["auto", "csv", "jsonl", "parquet", "json_api"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the reason."""
+
+
+class ColumnSpec(BaseModel):
+    """One declared input column of the dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: ColumnType
+    required: bool = Field(default=True, description="The column must exist in the source.")
+    nullable: bool = Field(default=True, description="Missing values are allowed (and imputed).")
+    min: float | None = Field(default=None, description="Smallest valid value (numeric/integer).")
+    max: float | None = Field(default=None, description="Largest valid value (numeric/integer).")
+    categories: list[str] | None = Field(default=None, description="Allowed values (categorical).")
+
+    @model_validator(mode="after")
+    def _bounds_make_sense(self) -> ColumnSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"column {self.name!r}: min {self.min} is greater than max {self.max}")
+        if self.categories is not None and self.type != "categorical":
+            raise ValueError(f"column {self.name!r}: categories are only valid for categorical columns")
+        if (self.min is not None or self.max is not None) and self.type not in ("numeric", "integer"):
+            raise ValueError(f"column {self.name!r}: min/max are only valid for numeric/integer columns")
+        return self
+
+
+class DatasetSchema(BaseModel):
+    """What the data looks like: the target and the declared feature columns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, description="Name of the binary target column.")
+    positive_label: str = Field(default="1", description="Target value (as text) that counts as the positive class.")
+    id_column: str | None = Field(default=None, description="Optional record id; never used as a feature.")
+    columns: list[ColumnSpec] = Field(min_length=1, description="Declared feature columns.")
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> DatasetSchema:
+        names = [c.name for c in self.columns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate column names: {duplicates}")
+        if self.target in names:
+            raise ValueError(f"target {self.target!r} is also declared as a feature column")
+        return self
+
+    def columns_of_type(self, *types: ColumnType) -> list[str]:
+        return [c.name for c in self.columns if c.type in types]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def default_schema() -> DatasetSchema:
+    """Schema of the bundled customer-churn dataset (the demo's default source)."""
+    return DatasetSchema(
+        target="churned",
+        positive_label="1",
+        id_column="customer_id",
+        columns=[
+            ColumnSpec(name="age", type="integer", min=18, max=100),
+            ColumnSpec(name="tenure_months", type="integer", min=0, max=600),
+            ColumnSpec(name="monthly_charges", type="numeric", min=0, max=10_000),
+            ColumnSpec(name="total_charges", type="numeric", min=0, max=1_000_000),
+            ColumnSpec(name="support_tickets", type="integer", min=0, max=1_000),
+            ColumnSpec(name="data_usage_gb", type="numeric", min=0, max=100_000),
+            ColumnSpec(
+                name="contract",
+                type="categorical",
+                categories=["month-to-month", "one_year", "two_year"],
+            ),
+            ColumnSpec(
+                name="payment_method",
+                type="categorical",
+                categories=["credit_card", "bank_transfer", "electronic_check", "mailed_check"],
+            ),
+            ColumnSpec(name="internet_service", type="categorical", categories=["dsl", "fiber", "none"]),
+            ColumnSpec(name="region", type="categorical", categories=["north", "south", "east", "west"]),
+            ColumnSpec(name="paperless_billing", type="boolean"),
+            ColumnSpec(name="signup_date", type="date"),
+        ],
+    )
+
+
+class PipelineConfig(BaseModel):
+    """All knobs of the pipeline. Field names are the Airflow Variable names."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- source -----------------------------------------------------------------------------------------
+    crawl_url: str = Field(
+        default="http://127.0.0.1:8765/api/records",
+        description="HTTP(S) URL of the source data.",
+    )
+    crawl_format: SourceFormat = Field(
+        default="auto",
+        description="csv, jsonl, parquet, json_api (paginated), or auto (from Content-Type / URL suffix).",
+    )
+    crawl_timeout_seconds: float = Field(default=30.0, gt=0, description="Per-request timeout.")
+    crawl_max_retries: int = Field(default=4, ge=0, le=20, description="Retries on 5xx/connection errors.")
+    crawl_backoff_seconds: float = Field(default=0.5, ge=0, description="First retry delay; doubles on each retry.")
+    crawl_max_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Refuse sources larger than this (bytes, all pages)."
+    )
+    crawl_page_size: int = Field(default=1000, gt=0, le=100_000, description="Page size for json_api.")
+    crawl_max_pages: int = Field(default=10_000, gt=0, description="Safety bound for json_api pagination.")
+    crawl_records_field: str = Field(
+        default="records", description="json_api: the field of each page that holds the rows."
+    )
+
+    # --- data -------------------------------------------------------------------------------------------
+    data_dir: str = Field(default="data", description="Root of raw/, processed/, runs/ (path or file URI).")
+    dataset_schema: DatasetSchema = Field(
+        default_factory=default_schema, description="Target, feature columns and their types."
+    )
+    max_bad_row_fraction: float = Field(
+        default=0.2, ge=0, le=1, description="ETL fails if more than this fraction of rows is quarantined."
+    )
+    min_rows: int = Field(default=100, ge=10, description="ETL fails if fewer clean rows than this remain.")
+
+    # --- model ------------------------------------------------------------------------------------------
+    ml_model_type: ModelType = Field(default="hist_gradient_boosting", description="The estimator.")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the estimator (validated by it)."
+    )
+    test_size: float = Field(default=0.2, gt=0, lt=1, description="Held-out fraction.")
+    random_state: int = Field(default=42, ge=0, description="Seed for the split and the estimator.")
+
+    # --- validation -------------------------------------------------------------------------------------
+    validation_metric: MetricName = Field(default="accuracy", description="Metric compared to the threshold.")
+    accuracy_threshold: float = Field(default=0.75, ge=0, le=1, description="Deploy only if validation_metric >= this.")
+    champion_tolerance: float = Field(
+        default=0.0, ge=0, le=1, description="Candidate may be this much worse than the champion."
+    )
+
+    # --- registry and serving ---------------------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking + registry URI.")
+    mlflow_experiment: str = Field(default="ml_pipeline", min_length=1)
+    registered_model_name: str = Field(default="churn_classifier", min_length=1)
+    champion_alias: str = Field(default="champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    serving_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the model server.")
+    serving_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="How long deploy waits for the endpoint to pick up a new model."
+    )
+    smoke_test_rows: int = Field(default=200, ge=1, description="Held-out rows the deploy smoke test sends.")
+
+    # --- monitoring -------------------------------------------------------------------------------------
+    drift_psi_threshold: float = Field(default=0.2, gt=0, description="PSI above this flags a feature.")
+    drift_ks_pvalue: float = Field(default=0.01, gt=0, lt=1, description="KS p-value below this flags it.")
+    monitor_latency_budget_ms: float = Field(
+        default=250.0, gt=0, description="p95 latency of live checks above this is ill health."
+    )
+    monitor_requests: int = Field(default=50, ge=1, le=10_000, description="Live prediction checks.")
+
+    # --- notifications ----------------------------------------------------------------------------------
+    notification_email: list[str] = Field(
+        default_factory=lambda: ["ml-team@example.com"], min_length=1, description="Recipients."
+    )
+    email_from: str = Field(default="ml-pipeline@example.com", description="Sender address.")
+
+    # --- scheduling (read when the DAG file is parsed) ----------------------------------------------------
+    schedule: str | None = Field(default="@daily", description="Cron or preset; null for manual only.")
+
+    @field_validator("crawl_url", "serving_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("notification_email", mode="before")
+    @classmethod
+    def _address_list(cls, value: Any) -> Any:
+        # One address, or several separated by commas, is accepted as well as a JSON list.
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("notification_email", "email_from")
+    @classmethod
+    def _emails(cls, value: str | list[str]) -> str | list[str]:
+        for address in [value] if isinstance(value, str) else value:
+            local, _, domain = address.partition("@")
+            if not local or not domain or " " in address:
+                raise ValueError(f"not an email address: {address!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _id_is_not_a_feature(self) -> PipelineConfig:
+        schema = self.dataset_schema
+        if schema.id_column and schema.id_column in schema.feature_names:
+            raise ValueError(f"dataset_schema: id_column {schema.id_column!r} is also a feature column")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(PipelineConfig.model_fields)
+
+
+def _format_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})"[:500])
+    return "invalid pipeline configuration: " + "; ".join(problems)
+
+
+def _decode(name: str, raw: Any) -> Any:
+    """Variables are strings; decode JSON for structured fields, keep plain strings as they are."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if text == "":
+        raise ConfigError(f"invalid pipeline configuration: {name}: empty value")
+    if text[0] in "[{" or text in ("null", "true", "false"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid pipeline configuration: {name}: not valid JSON ({exc})") from exc
+    return text
+
+
+def build_config(*layers: Mapping[str, Any]) -> PipelineConfig:
+    """Merge layers (later wins) over the defaults and validate; unknown keys are errors."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for name, raw in layer.items():
+            if name not in FIELD_NAMES:
+                raise ConfigError(
+                    f"invalid pipeline configuration: {name}: unknown setting (known: {', '.join(FIELD_NAMES)})"
+                )
+            merged[name] = _decode(name, raw)
+    try:
+        return PipelineConfig(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(lookup: Callable[[str], str | None], overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Build the config from a variable lookup (e.g. Airflow's ``Variable.get``) plus per-run overrides."""
+    from_variables = {name: value for name in FIELD_NAMES if (value := lookup(name)) is not None}
+    return build_config(from_variables, overrides or {})
+
+
+def read_config(path: str) -> PipelineConfig:
+    """Read a config frozen by an earlier task of the same run."""
+    with open(path, encoding="utf-8") as handle:
+        return build_config(json.load(handle))
