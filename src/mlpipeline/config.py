@@ -160,6 +160,10 @@ class PipelineConfig(BaseModel):
 
     # --- registry and serving ---------------------------------------------------------------------------
     mlflow_tracking_uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking + registry URI.")
+    mlflow_artifact_location: str | None = Field(
+        default=None,
+        description="Where a new experiment stores artifacts; null lets the tracking server decide.",
+    )
     mlflow_experiment: str = Field(default="ml_pipeline", min_length=1)
     registered_model_name: str = Field(default="churn_classifier", min_length=1)
     champion_alias: str = Field(default="champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -182,9 +186,6 @@ class PipelineConfig(BaseModel):
         default_factory=lambda: ["ml-team@example.com"], min_length=1, description="Recipients."
     )
     email_from: str = Field(default="ml-pipeline@example.com", description="Sender address.")
-
-    # --- scheduling (read when the DAG file is parsed) ----------------------------------------------------
-    schedule: str | None = Field(default="@daily", description="Cron or preset; null for manual only.")
 
     @field_validator("crawl_url", "serving_url")
     @classmethod

@@ -35,7 +35,7 @@ def run_key(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class DataLayout:
-    """``<root>/raw/<run>/``, ``<root>/processed/<run>/``, ``<root>/runs/<run>/`` (result records)."""
+    """``<root>/raw/<run>/``, ``processed/<run>/``, ``models/<run>/`` and ``runs/<run>/`` (result records)."""
 
     root: Path
 
@@ -49,7 +49,12 @@ class DataLayout:
     def processed(self, run: str) -> Path:
         return self.root / "processed" / run
 
+    def models(self, run: str) -> Path:
+        """What training produced for a run: held-out rows, metrics, the MLflow run it logged to."""
+        return self.root / "models" / run
+
     def run_records(self, run: str) -> Path:
+        """One small JSON result record per task: what the run decided and where its outputs are."""
         return self.root / "runs" / run
 
     @property

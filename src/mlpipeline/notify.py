@@ -1,0 +1,160 @@
+"""What the pipeline tells people: subjects and HTML bodies built from the stages' result records.
+
+Sending is the DAG's job (Airflow's SMTP provider, connection ``smtp_default``); composing is here so it can be
+tested, and read, without Airflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Email:
+    subject: str
+    html: str
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(
+        f"<tr><th align='left' style='padding-right:1em'>{escape(str(k))}</th><td>{escape(_fmt(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table>{cells}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>" if items else "<p>none</p>"
+
+
+def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(name, value) for name, value in sorted(metrics.items()) if isinstance(value, (int, float))]
+
+
+def success_email(
+    *,
+    dag_run: str,
+    validation: dict[str, Any],
+    training: dict[str, Any],
+    deployment: dict[str, Any],
+    monitoring: dict[str, Any],
+    etl: dict[str, Any] | None = None,
+) -> Email:
+    metric = validation["metric"]
+    subject = (
+        f"[ml_pipeline] deployed {deployment['model_name']} v{deployment['version']}: "
+        f"{metric} {validation['candidate_score']:.4f} >= {validation['threshold']:.4f}"
+    )
+    drifted = monitoring.get("drifted_features") or []
+    parts = [
+        f"<h2>New champion: {escape(deployment['model_name'])} v{escape(str(deployment['version']))}</h2>",
+        _table(
+            [
+                ("run", dag_run),
+                ("model type", training.get("model_type")),
+                ("previous champion", deployment.get("previous_version")),
+                ("serving", deployment.get("serving_url")),
+                ("deployed at", deployment.get("deployed_at")),
+                ("data fingerprint (sha256)", training.get("data_sha256")),
+            ]
+        ),
+        "<h3>Held-out metrics</h3>",
+        _table(_metrics_rows(training.get("metrics", {}))),
+        "<h3>Decision</h3>",
+        _list(list(validation.get("reasons", []))),
+        "<h3>Monitoring</h3>",
+        _table(
+            [
+                ("endpoint healthy", monitoring.get("healthy")),
+                ("live accuracy", monitoring.get("live_accuracy")),
+                ("latency p50 (ms)", monitoring.get("latency_p50_ms")),
+                ("latency p95 (ms)", monitoring.get("latency_p95_ms")),
+                ("max PSI", monitoring.get("max_psi")),
+                ("drifted features", ", ".join(drifted) if drifted else "none"),
+            ]
+        ),
+        "<h3>Alerts</h3>",
+        _list(list(monitoring.get("alerts", []))),
+    ]
+    if etl:
+        parts += [
+            "<h3>Data</h3>",
+            _table(
+                [
+                    ("rows fetched", etl.get("rows_in")),
+                    ("rows used", etl.get("rows_out")),
+                    ("rows quarantined", etl.get("rows_quarantined")),
+                    ("duplicates dropped", etl.get("duplicates_dropped")),
+                ]
+            ),
+        ]
+    return Email(subject=subject, html="\n".join(parts))
+
+
+def retrain_alert_email(*, dag_run: str, validation: dict[str, Any], training: dict[str, Any]) -> Email:
+    metric = validation["metric"]
+    subject = (
+        f"[ml_pipeline] retrain needed: candidate not deployed ({metric} "
+        f"{validation['candidate_score']:.4f}, threshold {validation['threshold']:.4f})"
+    )
+    champion = validation.get("champion_version")
+    html = "\n".join(
+        [
+            "<h2>The candidate model was not deployed</h2>",
+            _table(
+                [
+                    ("run", dag_run),
+                    ("metric", metric),
+                    ("candidate", validation["candidate_score"]),
+                    ("threshold", validation["threshold"]),
+                    ("champion", f"v{champion} ({_fmt(validation.get('champion_score'))})" if champion else None),
+                    ("still serving", f"v{champion}" if champion else "nothing (no champion yet)"),
+                ]
+            ),
+            "<h3>Why</h3>",
+            _list(list(validation.get("reasons", []))),
+            "<h3>Candidate metrics</h3>",
+            _table(_metrics_rows(training.get("metrics", {}))),
+            "<p>Look at the data profile and quarantine of this run, then retrain with better data, features or "
+            "hyperparameters (Airflow Variables), or adjust the threshold.</p>",
+        ]
+    )
+    return Email(subject=subject, html=html)
+
+
+def drift_alert_email(*, dag_run: str, monitoring: dict[str, Any]) -> Email:
+    alerts = list(monitoring.get("alerts", []))
+    subject = f"[ml_pipeline] monitoring alert: {len(alerts)} issue(s) in run {dag_run}"
+    html = "\n".join(
+        [
+            "<h2>Monitoring raised alerts</h2>",
+            _list(alerts),
+            _table([("max PSI", monitoring.get("max_psi")), ("report", monitoring.get("report_path"))]),
+        ]
+    )
+    return Email(subject=subject, html=html)
+
+
+def failure_email(
+    *, dag_id: str, task_id: str, dag_run: str, try_number: int | None, error: str, log_url: str | None
+) -> Email:
+    subject = f"[ml_pipeline] FAILED: {dag_id}.{task_id} in run {dag_run}"
+    html = "\n".join(
+        [
+            f"<h2>Task {escape(task_id)} failed</h2>",
+            _table([("dag", dag_id), ("run", dag_run), ("try", try_number), ("log", log_url)]),
+            "<h3>Error</h3>",
+            f"<pre>{escape(error[:5000])}</pre>",
+        ]
+    )
+    return Email(subject=subject, html=html)

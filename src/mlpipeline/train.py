@@ -1,0 +1,255 @@
+"""Train stage: a configurable scikit-learn Pipeline, seeded split, held-out metrics, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from sklearn.base import ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlpipeline.config import ConfigError, DatasetSchema, ModelType, PipelineConfig
+from mlpipeline.features import DateParts, date_part_columns
+from mlpipeline.mlflow_utils import ensure_experiment, use_tracking
+from mlpipeline.storage import DataLayout, atomic_directory, read_json
+
+RECORD_FILE = "train.json"
+HOLDOUT_FILE = "holdout.parquet"
+METRICS_FILE = "metrics.json"
+MODEL_ARTIFACT = "model"
+
+
+class TrainError(RuntimeError):
+    """Training could not produce a model; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    mlflow_run_id: str
+    model_uri: str
+    model_type: str
+    metrics: dict[str, float]
+    holdout_path: str
+    metrics_path: str
+    processed_data_path: str
+    data_sha256: str
+    n_train: int
+    n_test: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _estimator(model_type: ModelType, hyperparameters: dict[str, Any], random_state: int) -> ClassifierMixin:
+    estimators: dict[str, type[ClassifierMixin]] = {
+        "random_forest": RandomForestClassifier,
+        "hist_gradient_boosting": HistGradientBoostingClassifier,
+        "logistic_regression": LogisticRegression,
+    }
+    defaults: dict[str, dict[str, Any]] = {
+        "random_forest": {"n_estimators": 200, "min_samples_leaf": 2, "n_jobs": -1},
+        "hist_gradient_boosting": {"max_iter": 200, "learning_rate": 0.1},
+        "logistic_regression": {"max_iter": 1000},
+    }
+    estimator = estimators[model_type](random_state=random_state)
+    params = {**defaults[model_type], **hyperparameters}
+    valid = estimator.get_params()
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"invalid pipeline configuration: hyperparameters: {type(estimator).__name__} has no parameter(s) "
+            f"{unknown}; valid ones are {sorted(valid)}"
+        )
+    try:
+        estimator.set_params(**params)
+        # sklearn validates parameter values at fit time; check them now so a bad value names the field.
+        estimator._validate_params()  # type: ignore[attr-defined]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid pipeline configuration: hyperparameters: {exc}") from exc
+    return estimator
+
+
+def build_pipeline(
+    schema: DatasetSchema, model_type: ModelType, hyperparameters: dict[str, Any], seed: int
+) -> Pipeline:
+    """Raw declared columns in, class probabilities out: the same object serves online."""
+    dates = schema.columns_of_type("date")
+    numeric = schema.columns_of_type("numeric", "integer", "boolean")
+    numeric += [name for column in dates for name in date_part_columns(column)]
+    categorical = schema.columns_of_type("categorical")
+    numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if model_type == "logistic_regression":
+        numeric_steps.append(("scale", StandardScaler()))
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), numeric),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            ),
+        ],
+        remainder="drop",
+    )
+    return Pipeline(
+        [
+            ("dates", DateParts(dates)),
+            ("preprocess", preprocess),
+            ("model", _estimator(model_type, hyperparameters, seed)),
+        ]
+    )
+
+
+def features_and_target(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:
+    missing = [c for c in [*schema.feature_names, schema.target] if c not in frame.columns]
+    if missing:
+        raise TrainError(f"processed data lacks column(s) {missing}; was it produced with this dataset_schema?")
+    features = frame[schema.feature_names].copy()
+    for column in schema.columns_of_type("boolean", "integer"):
+        # As floats, integers and booleans (0/1) can carry a missing value to the imputer at serving time;
+        # the model's signature then says "double" for them, so the endpoint accepts null.
+        features[column] = features[column].astype("float64")
+    return features, frame[schema.target].astype("int64")
+
+
+def evaluate(model: Any, features: pd.DataFrame, target: pd.Series) -> dict[str, Any]:
+    """Held-out metrics; the same function scores the champion during validation."""
+    predicted = model.predict(features)
+    probability = model.predict_proba(features)[:, 1]
+    metrics: dict[str, Any] = {
+        "accuracy": accuracy_score(target, predicted),
+        "balanced_accuracy": balanced_accuracy_score(target, predicted),
+        "f1": f1_score(target, predicted, zero_division=0),
+        "precision": precision_score(target, predicted, zero_division=0),
+        "recall": recall_score(target, predicted, zero_division=0),
+        "roc_auc": roc_auc_score(target, probability) if target.nunique() == 2 else float("nan"),
+    }
+    metrics = {name: round(float(value), 6) for name, value in metrics.items()}
+    metrics["confusion_matrix"] = confusion_matrix(target, predicted, labels=[0, 1]).tolist()
+    return metrics
+
+
+def train(
+    config: PipelineConfig, *, run: str, processed_data_path: str, data_sha256: str, pipeline_run_id: str | None = None
+) -> TrainResult:
+    """Fit, evaluate on the held-out split, log everything to MLflow. Idempotent per run."""
+    layout = DataLayout.of(config.data_dir)
+    out_dir = layout.models(run)
+    if (out_dir / RECORD_FILE).exists():
+        return TrainResult(**read_json(out_dir / RECORD_FILE))
+
+    started = time.perf_counter()
+    schema = config.dataset_schema
+    frame = pd.read_parquet(processed_data_path)
+    features, target = features_and_target(frame, schema)
+    if target.nunique() < 2:
+        raise TrainError(f"the target {schema.target!r} has a single class in {processed_data_path}; cannot train")
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, target, test_size=config.test_size, random_state=config.random_state, stratify=target
+    )
+    pipeline = build_pipeline(schema, config.ml_model_type, config.hyperparameters, config.random_state)
+    pipeline.fit(x_train, y_train)
+    metrics = evaluate(pipeline, x_test, y_test)
+    scalar_metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    client = use_tracking(config)
+    experiment_id = ensure_experiment(client, config.mlflow_experiment, config.mlflow_artifact_location)
+    trained_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with atomic_directory(out_dir) as tmp:
+        holdout = x_test.assign(**{schema.target: y_test.to_numpy()}).reset_index(drop=True)
+        holdout.to_parquet(tmp / HOLDOUT_FILE, index=False)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run}") as mlflow_run:
+            mlflow.set_tags(
+                {
+                    "data_sha256": data_sha256,
+                    "trained_at": trained_at,
+                    "pipeline_run": run,
+                    "airflow_run_id": pipeline_run_id or run,
+                    "processed_data_path": processed_data_path,
+                    "model_type": config.ml_model_type,
+                }
+            )
+            mlflow.log_params(
+                {
+                    "model_type": config.ml_model_type,
+                    "test_size": config.test_size,
+                    "random_state": config.random_state,
+                    "n_train": len(x_train),
+                    "n_test": len(x_test),
+                    "features": ",".join(schema.feature_names),
+                    **{f"hp.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()},
+                }
+            )
+            mlflow.log_metrics(scalar_metrics)
+            mlflow.log_dict(metrics, "metrics.json")
+            example = x_train.head(5)
+            signature = infer_signature(example, pipeline.predict(example))
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                serialization_format="cloudpickle",
+                # The model needs this package (for DateParts) wherever it is loaded.
+                pip_requirements=_model_requirements(),
+            )
+        result = TrainResult(
+            mlflow_run_id=mlflow_run.info.run_id,
+            model_uri=info.model_uri,
+            model_type=config.ml_model_type,
+            metrics=scalar_metrics,
+            holdout_path=str(out_dir / HOLDOUT_FILE),
+            metrics_path=str(out_dir / METRICS_FILE),
+            processed_data_path=processed_data_path,
+            data_sha256=data_sha256,
+            n_train=len(x_train),
+            n_test=len(x_test),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _model_requirements() -> list[str]:
+    import sklearn
+
+    return [
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        "mlpipeline",
+    ]
+
+
+def load_holdout(path: str | Path, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:
+    return features_and_target(pd.read_parquet(path), schema)

@@ -1,0 +1,88 @@
+"""Validate stage: deploy only if the candidate clears the threshold AND is not worse than the champion
+scored on the same held-out rows. The decision and its reasons are recorded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import mlflow
+
+from mlpipeline.config import PipelineConfig
+from mlpipeline.mlflow_utils import champion_version, use_tracking
+from mlpipeline.storage import DataLayout, atomic_write_json
+from mlpipeline.train import TrainResult, evaluate, load_holdout
+
+RECORD_FILE = "validate.json"
+
+
+@dataclass(frozen=True)
+class ValidationDecision:
+    deploy: bool
+    metric: str
+    candidate_score: float
+    threshold: float
+    champion_version: str | None
+    champion_score: float | None
+    reasons: list[str] = field(default_factory=list)
+    record_path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate(config: PipelineConfig, *, run: str, candidate: TrainResult) -> ValidationDecision:
+    metric = config.validation_metric
+    score = float(candidate.metrics[metric])
+    reasons: list[str] = []
+    passes = not math.isnan(score) and score >= config.accuracy_threshold
+    relation = ">=" if passes else "<"
+    reasons.append(f"candidate {metric} {score:.4f} {relation} threshold {config.accuracy_threshold:.4f}")
+
+    client = use_tracking(config)
+    champion = champion_version(client, config)
+    champion_score: float | None = None
+    if champion is None:
+        reasons.append("no champion yet: the threshold alone decides")
+    else:
+        features, target = load_holdout(candidate.holdout_path, config.dataset_schema)
+        champion_uri = f"models:/{config.registered_model_name}/{champion.version}"
+        try:
+            champion_model = mlflow.sklearn.load_model(champion_uri)
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot load the current champion {champion_uri} to compare with the candidate: {exc}. "
+                "Fix or re-point the alias before deploying; refusing to decide blind."
+            ) from exc
+        missing = [c for c in getattr(champion_model, "feature_names_in_", []) if c not in features.columns]
+        if missing:
+            reasons.append(
+                f"champion v{champion.version} expects column(s) {missing} the new data lacks (schema changed): "
+                "it cannot be scored, the threshold alone decides"
+            )
+        else:
+            champion_score = float(evaluate(champion_model, features, target)[metric])
+            floor = champion_score - config.champion_tolerance
+            not_worse = score >= floor
+            relation = ">=" if not_worse else "<"
+            reasons.append(
+                f"candidate {metric} {score:.4f} {relation} champion v{champion.version} {champion_score:.4f}"
+                + (f" - tolerance {config.champion_tolerance:.4f}" if config.champion_tolerance else "")
+                + " on the same held-out rows"
+            )
+            passes = passes and not_worse
+
+    record = DataLayout.of(config.data_dir).run_records(run) / RECORD_FILE
+    decision = ValidationDecision(
+        deploy=passes,
+        metric=metric,
+        candidate_score=score,
+        threshold=config.accuracy_threshold,
+        champion_version=None if champion is None else str(champion.version),
+        champion_score=champion_score,
+        reasons=reasons,
+        record_path=str(record),
+    )
+    atomic_write_json(record, decision.to_dict())
+    return decision

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlpipeline.config import FIELD_NAMES, ConfigError, PipelineConfig, build_config, load_config, read_config
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    config = build_config()
+    assert config.ml_model_type == "hist_gradient_boosting"
+    assert config.dataset_schema.target == "churned"
+    for name, field in PipelineConfig.model_fields.items():
+        assert field.description or name in {"mlflow_experiment", "registered_model_name", "champion_alias"}, name
+
+
+def test_variables_are_strings_and_json_is_decoded() -> None:
+    variables = {
+        "accuracy_threshold": "0.8",
+        "test_size": "0.3",
+        "random_state": "7",
+        "ml_model_type": "random_forest",
+        "hyperparameters": '{"n_estimators": 50}',
+        "notification_email": "a@example.com, b@example.com",
+    }
+    config = load_config(variables.get)
+    assert config.accuracy_threshold == 0.8
+    assert config.random_state == 7
+    assert config.hyperparameters == {"n_estimators": 50}
+    assert config.notification_email == ["a@example.com", "b@example.com"]
+
+
+def test_run_conf_overrides_variables() -> None:
+    config = load_config({"accuracy_threshold": "0.8"}.get, {"accuracy_threshold": 0})
+    assert config.accuracy_threshold == 0
+
+
+@pytest.mark.parametrize(
+    ("layer", "field", "reason"),
+    [
+        ({"accuracy_threshold": "1.5"}, "accuracy_threshold", "less than or equal to 1"),
+        ({"test_size": 0}, "test_size", "greater than 0"),
+        ({"crawl_url": "ftp://example.com/x"}, "crawl_url", "http"),
+        ({"ml_model_type": "svm"}, "ml_model_type", "random_forest"),
+        ({"notification_email": "not-an-address"}, "notification_email", "not an email address"),
+        ({"dataset_schema": "{broken"}, "dataset_schema", "not valid JSON"),
+        ({"no_such_setting": 1}, "no_such_setting", "unknown setting"),
+        (
+            {"dataset_schema": {"target": "y", "columns": [{"name": "y", "type": "numeric"}]}},
+            "dataset_schema",
+            "also declared as a feature",
+        ),
+        (
+            {"dataset_schema": {"target": "y", "columns": [{"name": "a", "type": "numeric", "min": 2, "max": 1}]}},
+            "dataset_schema",
+            "greater than max",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_field_and_the_reason(layer: dict, field: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(layer)
+    message = str(caught.value)
+    assert field in message
+    assert reason in message
+
+
+def test_another_dataset_is_configuration_only(tmp_path) -> None:
+    schema = {
+        "target": "label",
+        "positive_label": "yes",
+        "columns": [
+            {"name": "x", "type": "numeric"},
+            {"name": "colour", "type": "categorical", "categories": ["red", "blue"]},
+            {"name": "when", "type": "date", "required": False},
+        ],
+    }
+    config = build_config({"dataset_schema": json.dumps(schema), "crawl_url": "https://example.org/data.csv"})
+    assert config.dataset_schema.feature_names == ["x", "colour", "when"]
+    frozen = tmp_path / "config.json"
+    frozen.write_text(config.model_dump_json())
+    assert read_config(str(frozen)) == config
+
+
+def test_field_names_are_the_variable_names() -> None:
+    for name in ("crawl_url", "ml_model_type", "accuracy_threshold", "test_size", "random_state", "notification_email"):
+        assert name in FIELD_NAMES

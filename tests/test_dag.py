@@ -1,0 +1,73 @@
+"""The DAG end to end with ``airflow dags test``, through both branches, against live local services."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from mlpipeline.localstack import LocalStack
+from tests.conftest import dags_test, mailbox_subjects, served_version
+
+pytestmark = pytest.mark.airflow
+
+DEPLOY_PATH = [
+    "start",
+    "crawl_data",
+    "etl",
+    "train_model",
+    "validate_model",
+    "deploy_model",
+    "monitor",
+    "success_email",
+    "end",
+]
+
+
+def _champion(stack: LocalStack) -> str | None:
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    try:
+        return str(client.get_model_version_by_alias("churn_classifier", "champion").version)
+    except Exception:
+        return None
+
+
+def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
+    output = airflow_stack.airflow("dags", "list-import-errors", "-o", "json").stdout
+    assert "ml_pipeline" not in output
+    tasks = airflow_stack.airflow("tasks", "list", "ml_pipeline").stdout.split()
+    assert set(tasks) == {*DEPLOY_PATH, "retrain_alert"}
+
+
+def test_threshold_zero_takes_the_deploy_path_and_serves_the_new_version(airflow_stack: LocalStack) -> None:
+    _, states = dags_test(airflow_stack, {"accuracy_threshold": 0})
+    assert {task: states[task] for task in DEPLOY_PATH} == dict.fromkeys(DEPLOY_PATH, "success")
+    assert states["retrain_alert"] == "skipped"
+    champion = _champion(airflow_stack)
+    assert champion is not None
+    assert served_version(airflow_stack) == champion
+    assert any(
+        s.startswith(f"[ml_pipeline] deployed churn_classifier v{champion}") for s in mailbox_subjects(airflow_stack)
+    )
+
+
+def test_threshold_out_of_reach_alerts_and_keeps_the_champion(airflow_stack: LocalStack) -> None:
+    before = _champion(airflow_stack)
+    if before is None:  # run alone: make a champion first so "unchanged" means something
+        dags_test(airflow_stack, {"accuracy_threshold": 0})
+        before = _champion(airflow_stack)
+    _, states = dags_test(airflow_stack, {"accuracy_threshold": 1.0})
+    assert states["validate_model"] == "success"
+    assert states["retrain_alert"] == "success"
+    assert states["end"] == "success"
+    for task in ("deploy_model", "monitor", "success_email"):
+        assert states[task] == "skipped", task
+    assert _champion(airflow_stack) == before
+    assert served_version(airflow_stack) == before
+    assert any(s.startswith("[ml_pipeline] retrain needed") for s in mailbox_subjects(airflow_stack))
+
+
+def test_invalid_config_fails_the_first_task_and_emails_the_failure(airflow_stack: LocalStack) -> None:
+    _, states = dags_test(airflow_stack, {"accuracy_threshold": 7})
+    assert states["start"] == "failed"
+    assert states["crawl_data"] == "upstream_failed"
+    assert any("FAILED: ml_pipeline.start" in s for s in mailbox_subjects(airflow_stack))

@@ -1,0 +1,273 @@
+"""Drift statistics, and the monitor stage end-to-end against a live model server and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpipeline.config import DatasetSchema, PipelineConfig
+from mlpipeline.monitor import (
+    MonitorError,
+    categorical_psi,
+    drift_report,
+    ks_test,
+    monitor,
+    population_stability_index,
+)
+from mlpipeline.serving import ServerThread, create_app
+from mlpipeline.storage import read_json, run_key
+from tests import model_factory as mf
+from tests.model_factory import FEATURES, TARGET, LoggedModel, Registry
+
+MODEL_NAME = "monitor_model"
+RUN = "manual__2026-01-02T03:04:05+00:00"
+SCHEMA = DatasetSchema(
+    target=TARGET,
+    columns=[
+        {"name": "tenure_months", "type": "integer"},
+        {"name": "support_tickets", "type": "integer"},
+        {"name": "monthly_charges", "type": "numeric"},
+        {"name": "contract", "type": "categorical"},
+        {"name": "region", "type": "categorical"},
+        {"name": "paperless_billing", "type": "boolean"},
+        {"name": "signup_date", "type": "date"},
+    ],
+)
+HOLDOUT_ROWS = 40
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure statistics.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 5000)
+    assert population_stability_index(reference, reference) == pytest.approx(0.0, abs=1e-12)
+    assert population_stability_index(reference, rng.normal(0, 1, 5000)) < 0.02
+    assert population_stability_index(reference, rng.normal(1, 1, 5000)) > 0.2
+    # More missing values is a shift too (they have their own bin).
+    gappy = rng.normal(0, 1, 5000)
+    gappy[:1500] = np.nan
+    assert population_stability_index(reference, gappy) > 0.2
+    # Discrete data: tied quantiles collapse into fewer bins, still ~0 for the same distribution.
+    counts = rng.poisson(1.5, 5000)
+    assert population_stability_index(counts, rng.poisson(1.5, 5000)) < 0.02
+    assert population_stability_index(counts, rng.poisson(4, 5000)) > 0.2
+    with pytest.raises(ValueError):
+        population_stability_index([], [1.0])
+
+
+def test_categorical_psi() -> None:
+    rng = np.random.default_rng(1)
+    values = ["a", "b", "c"]
+    reference = rng.choice(values, 4000, p=[0.5, 0.3, 0.2])
+    assert categorical_psi(reference, rng.choice(values, 4000, p=[0.5, 0.3, 0.2])) < 0.01
+    assert categorical_psi(reference, rng.choice(values, 4000, p=[0.1, 0.2, 0.7])) > 0.2
+    # A category that never occurred before (or missing values) counts, thanks to the epsilon floor.
+    assert categorical_psi(reference, np.append(reference[:3000], ["z"] * 1000)) > 0.2
+    assert categorical_psi(reference, np.append(reference[:3000], [None] * 1000)) > 0.2
+
+
+def test_ks_test_separates_shifted_from_same_distribution() -> None:
+    rng = np.random.default_rng(2)
+    reference = rng.normal(0, 1, 2000)
+    _, p_same = ks_test(reference, rng.normal(0, 1, 2000))
+    statistic, p_shift = ks_test(reference, rng.normal(0.5, 1, 2000))
+    assert p_same > 0.01 and p_shift < 1e-6 and statistic > 0.1
+    assert all(np.isnan(ks_test(reference, [np.nan, np.nan])))
+
+
+def test_drift_report_flags_the_shifted_features() -> None:
+    reference = mf.make_frame(3000, seed=1)
+    same = drift_report(reference, mf.make_frame(3000, seed=2), SCHEMA, 0.2, 0.01)
+    assert set(same) == set(FEATURES)
+    assert [name for name, entry in same.items() if entry["drifted"]] == []
+    assert same["monthly_charges"]["kind"] == "numeric" and same["monthly_charges"]["ks_pvalue"] is not None
+    assert same["contract"]["kind"] == "categorical" and "ks_pvalue" not in same["contract"]
+    assert same["paperless_billing"]["kind"] == "boolean"
+    assert same["signup_date"]["kind"] == "date" and "days" in same["signup_date"]["note"]
+
+    shifted = drift_report(reference, mf.make_frame(3000, seed=3, shift=1.0), SCHEMA, 0.2, 0.01)
+    drifted = {name for name, entry in shifted.items() if entry["drifted"]}
+    assert {"tenure_months", "monthly_charges", "support_tickets", "contract", "signup_date"} <= drifted
+    assert "region" not in drifted  # its distribution did not move
+    assert shifted["contract"]["psi"] > 0.2
+
+    partial = drift_report(reference, mf.make_frame(500, seed=4).drop(columns=["region"]), SCHEMA)
+    assert partial["region"]["psi"] is None and "current" in partial["region"]["note"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage against a live endpoint.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return mf.registry()
+
+
+@pytest.fixture(scope="module")
+def champion(reg: Registry) -> LoggedModel:
+    return reg.register(reg.base(0), MODEL_NAME)
+
+
+@pytest.fixture(scope="module")
+def server_url(reg: Registry, champion: LoggedModel) -> Iterator[str]:
+    app = create_app(tracking_uri=reg.tracking_uri, model_name=MODEL_NAME, poll_seconds=0)
+    with ServerThread(app) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("monitor-data")
+    frames = {
+        "reference": mf.make_frame(2000, seed=1),
+        "current": mf.make_frame(2000, seed=2),
+        "drifted": mf.make_frame(2000, seed=3, shift=1.0),
+        # As the train stage writes it: booleans as 0/1 floats.
+        "holdout": mf.make_frame(HOLDOUT_ROWS, seed=5).astype({"paperless_billing": "float64"}),
+    }
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = str(root / f"{name}.parquet")
+        frame.to_parquet(paths[name], index=False)
+    return paths
+
+
+def _config(reg: Registry, tmp_path: Path, serving_url: str, **overrides: Any) -> PipelineConfig:
+    settings: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "dataset_schema": SCHEMA,
+        "mlflow_tracking_uri": reg.tracking_uri,
+        "mlflow_artifact_location": str(reg.root / "monitoring-artifacts"),
+        "registered_model_name": MODEL_NAME,
+        "serving_url": serving_url,
+        "serving_timeout_seconds": 10,
+        "monitor_requests": HOLDOUT_ROWS,
+        "monitor_latency_budget_ms": 2000,
+    }
+    return PipelineConfig(**{**settings, **overrides})
+
+
+def _run_monitor(config: PipelineConfig, data: dict[str, str], current: str = "current", **kwargs: Any) -> Any:
+    return monitor(
+        config,
+        run=RUN,
+        current_path=data[current],
+        reference_path=data["reference"],
+        holdout_path=data["holdout"],
+        **kwargs,
+    )
+
+
+def _report(config: PipelineConfig) -> dict[str, Any]:
+    path = Path(config.data_dir) / "runs" / run_key(RUN) / "monitor.json"
+    assert path.exists()
+    return read_json(path)
+
+
+def test_monitor_healthy_endpoint_end_to_end(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url)
+    result = _run_monitor(config, data, expected_version=champion.version)
+
+    assert result.healthy and result.served_version == champion.version
+    assert result.requests == HOLDOUT_ROWS + 1 and result.failures == 0  # single rows + one batch
+    assert 0 < result.latency_p50_ms <= result.latency_p95_ms < 2000
+    # Every held-out row was sent exactly once: live accuracy is the offline accuracy on the holdout.
+    holdout = pd.read_parquet(data["holdout"])
+    offline = float((champion.model.predict(holdout[FEATURES]) == holdout[TARGET]).mean())
+    assert result.live_accuracy == pytest.approx(offline)
+    assert result.drifted_features == () and result.alerts == ()
+    assert result.max_psi is not None and result.max_psi < 0.1
+    payload = result.to_dict()
+    json.dumps(payload, allow_nan=False)  # an XCom value: strict JSON
+    assert payload["drifted_features"] == [] and payload["alerts"] == []
+
+    report = _report(config)
+    assert report["healthy"] is True and report["live"]["batch"]["ok"] is True
+    assert report["live"]["batch"]["disagreements"] == 0
+    assert set(report["drift"]["features"]) == set(FEATURES)
+    assert result.report_path == str(Path(config.data_dir).resolve() / "runs" / run_key(RUN) / "monitor.json")
+
+    experiment = reg.client.get_experiment_by_name("ml_pipeline_monitoring")
+    assert experiment is not None
+    mlflow_run = reg.client.get_run(result.mlflow_run_id)
+    assert mlflow_run.info.experiment_id == experiment.experiment_id
+    assert mlflow_run.info.run_name == f"monitor-{run_key(RUN)}"
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.metrics["healthy"] == 1.0
+    assert mlflow_run.data.metrics["failures"] == 0.0
+    assert mlflow_run.data.metrics["live_accuracy"] == pytest.approx(offline)
+    assert "psi.monthly_charges" in mlflow_run.data.metrics
+    artifacts = {a.path for a in reg.client.list_artifacts(result.mlflow_run_id)}
+    assert {"drift_report.json", "monitor_report.json"} <= artifacts
+
+
+def test_drifted_data_adds_alerts_naming_the_features(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url)
+    result = _run_monitor(config, data, current="drifted", expected_version=champion.version)
+    assert result.healthy  # drift alone is not ill health
+    assert {"tenure_months", "monthly_charges", "contract"} <= set(result.drifted_features)
+    assert result.max_psi > 0.2
+    for feature in ("tenure_months", "monthly_charges", "contract"):
+        assert any(f"'{feature}'" in alert and "PSI" in alert for alert in result.alerts), result.alerts
+    assert not any("'region'" in alert for alert in result.alerts)
+    assert _report(config)["drift"]["drifted_features"] == list(result.drifted_features)
+
+
+def test_endpoint_down_raises_after_writing_the_report(reg: Registry, data: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _config(reg, tmp_path, f"http://127.0.0.1:{port}")
+    with pytest.raises(MonitorError, match="unreachable") as caught:
+        _run_monitor(config, data, expected_version="1")
+    result = caught.value.result
+    assert result is not None and not result.healthy and result.requests == 0
+    report = _report(config)
+    assert report["healthy"] is False and "unreachable" in report["problems"][0]
+    assert report["drift"]["features"]  # drift is still measured and recorded
+    assert reg.client.get_run(result.mlflow_run_id).data.metrics["healthy"] == 0.0
+
+
+def test_version_mismatch_raises(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url)
+    with pytest.raises(MonitorError, match=f"serves version {champion.version} but version 999 was deployed"):
+        _run_monitor(config, data, expected_version="999")
+    assert _report(config)["served_version"] == champion.version
+
+
+def test_latency_over_budget_is_ill_health(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url, monitor_latency_budget_ms=0.001, monitor_requests=5)
+    with pytest.raises(MonitorError, match="latency p95") as caught:
+        _run_monitor(config, data)
+    assert caught.value.result.failures == 0
+    assert any("exceeds the budget" in alert for alert in caught.value.result.alerts)
+
+
+def test_endpoint_without_a_model_raises(reg: Registry, data: dict[str, str], tmp_path: Path) -> None:
+    app = create_app(tracking_uri=reg.tracking_uri, model_name="monitor_nothing_registered", poll_seconds=0)
+    with ServerThread(app) as server:
+        config = _config(reg, tmp_path, server.url)
+        with pytest.raises(MonitorError, match="HTTP 503"):
+            _run_monitor(config, data)
+    assert _report(config)["health"]["status"] == "no_model"
