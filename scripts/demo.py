@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from mlpipeline.deploy import json_rows
 from mlpipeline.localstack import REPO_ROOT, AirflowClient, LocalStack, Ports, StackError
 from mlpipeline.mailcatcher import read_mailbox
+from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, read_json, run_key
 
 DAG_ID = "ml_pipeline"

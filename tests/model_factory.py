@@ -24,7 +24,6 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -32,6 +31,9 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
+
+from mlpipeline.features import DateParts, date_part_columns
+from mlpipeline.payload import json_rows
 
 # Pickle this module's classes by value so a logged model loads in any process (e.g. a server subprocess that
 # does not have tests/ on sys.path), exactly like a self-contained production artifact.
@@ -85,31 +87,11 @@ def make_frame(n: int, seed: int = 0, *, shift: float = 0.0) -> pd.DataFrame:
     return frame
 
 
-class DateParts(BaseEstimator, TransformerMixin):
-    """Replace each date column by year, month, day of week and days since the epoch."""
-
-    def __init__(self, columns: tuple[str, ...] = ()) -> None:
-        self.columns = columns
-
-    def fit(self, X: pd.DataFrame, y: Any = None) -> DateParts:
-        return self
-
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        out = X.copy()
-        for name in self.columns:
-            when = pd.to_datetime(out.pop(name))
-            out[f"{name}_year"] = when.dt.year
-            out[f"{name}_month"] = when.dt.month
-            out[f"{name}_dow"] = when.dt.dayofweek
-            out[f"{name}_days"] = (when - pd.Timestamp("1970-01-01")).dt.days
-        return out
-
-
 def build_pipeline(
     *, n_estimators: int = 30, max_depth: int | None = 6, seed: int = 0, threshold: float | None = None
 ) -> Pipeline:
     """``threshold``: wrap the forest in a FixedThresholdClassifier (predict() is then not argmax of the proba)."""
-    date_parts = [f"{d}_{p}" for d in DATE for p in ("year", "month", "dow", "days")]
+    date_parts = [name for d in DATE for name in date_part_columns(d)]
     numeric = Pipeline([("impute", SimpleImputer(strategy="median"))])
     categorical = Pipeline(
         [
@@ -128,7 +110,7 @@ def build_pipeline(
     )
     if threshold is not None:
         classifier = FixedThresholdClassifier(classifier, threshold=threshold, response_method="predict_proba")
-    return Pipeline([("dates", DateParts(tuple(DATE))), ("columns", columns), ("classifier", classifier)])
+    return Pipeline([("dates", DateParts(list(DATE))), ("columns", columns), ("classifier", classifier)])
 
 
 @dataclass(frozen=True)
@@ -270,17 +252,4 @@ def registry() -> Registry:
 
 def rows_for_request(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-ready feature rows: dates as ISO strings, missing values as null."""
-    rows = []
-    for record in frame[FEATURES].to_dict(orient="records"):
-        row: dict[str, Any] = {}
-        for key, value in record.items():
-            if isinstance(value, pd.Timestamp):
-                row[key] = value.isoformat()
-            elif isinstance(value, float) and np.isnan(value):
-                row[key] = None
-            elif isinstance(value, np.generic):
-                row[key] = value.item()
-            else:
-                row[key] = value
-        rows.append(row)
-    return rows
+    return json_rows(frame[FEATURES])

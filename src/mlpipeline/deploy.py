@@ -4,7 +4,6 @@ the endpoint answers exactly like the offline model. Any failure moves the alias
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -13,11 +12,11 @@ from typing import Any
 import httpx
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.mlflow_utils import champion_version, use_tracking
+from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline.train import TrainResult, load_holdout
 from mlpipeline.validate import ValidationDecision
@@ -45,24 +44,6 @@ class DeployResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as JSON-safe dicts: NaN/NaT -> null, timestamps -> ISO strings, numpy -> Python."""
-    rows = []
-    for record in frame.to_dict(orient="records"):
-        row: dict[str, Any] = {}
-        for key, value in record.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-                row[key] = None
-            elif isinstance(value, pd.Timestamp):
-                row[key] = value.isoformat()
-            elif isinstance(value, np.generic):
-                row[key] = value.item()
-            else:
-                row[key] = value
-        rows.append(row)
-    return rows
 
 
 def _register(client: MlflowClient, config: PipelineConfig, candidate: TrainResult, run: str) -> str:

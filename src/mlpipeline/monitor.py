@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from mlpipeline.config import ColumnType, DatasetSchema, PipelineConfig
+from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, atomic_write_json, run_key
 
 REPORT_FILE = "monitor.json"
@@ -196,24 +197,6 @@ def _nan_to_none(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _json_value(value: Any) -> Any:
-    if value is None or value is pd.NaT:
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return value
-
-
-def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _json_value(v) for k, v in record.items()} for record in frame.to_dict(orient="records")]
-
-
 def _label_key(value: Any) -> str:
     """Compare labels across JSON and pandas types: 1, 1.0, True and "1" are the same class."""
     if isinstance(value, np.generic):
@@ -303,7 +286,7 @@ def _live_checks(
         order = np.random.default_rng(config.random_state).permutation(len(holdout))
         picks = np.resize(order, config.monitor_requests)  # cycles when there are fewer rows than requests
         sample = holdout.iloc[picks].reset_index(drop=True)
-        rows = _json_rows(sample[schema.feature_names])
+        rows = json_rows(sample[schema.feature_names])
         truth = [_label_key(v) for v in sample[schema.target]]
         singles: list[dict[str, Any] | None] = []
         for row, label in zip(rows, truth, strict=True):
