@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# The MLflow tracking server's own environment (see requirements-mlflow.in): used by the production stack.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 
-.PHONY: demo test lint format lock clean clean-demo
+.PHONY: demo test stack lint format lock clean clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required, found " + sys.version)'
@@ -16,13 +19,23 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $(STAMP)
 
+$(MLFLOW_STAMP): requirements-mlflow.lock $(STAMP)
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(BIN)/uv pip install --python $(MLFLOW_VENV)/bin/python --quiet -r requirements-mlflow.lock
+	touch $(MLFLOW_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(MLFLOW_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The production stack (docker-compose.yaml) as local processes against a given PostgreSQL and Redis:
+#   POSTGRES_HOST/PORT/USER/PASSWORD, AIRFLOW_DB_NAME, MLFLOW_DB_NAME (databases must exist), REDIS_HOST/PORT/DB.
+stack: $(STAMP) $(MLFLOW_STAMP)
+	$(BIN)/python -m mlpipeline.stack up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,9 +49,10 @@ format: $(STAMP)
 lock:
 	test -x $(BIN)/uv || (test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)")
 	$(BIN)/uv pip compile --universal --python-version 3.10 requirements.in -o requirements.lock
+	$(BIN)/uv pip compile --universal --python-version 3.10 requirements-mlflow.in -o requirements-mlflow.lock
 
 clean-demo:
 	rm -rf .demo data
 
 clean: clean-demo
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache .ruff_cache .stack

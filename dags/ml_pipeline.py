@@ -26,6 +26,12 @@ SMTP_CONN_ID = os.environ.get("ML_PIPELINE_SMTP_CONN_ID", "smtp_default")
 SCHEDULE = os.environ.get("ML_PIPELINE_SCHEDULE", "@daily") or None
 if SCHEDULE in ("none", "None", "null"):
     SCHEDULE = None
+# Celery queues by kind of work, so workers can be sized (and scaled) per kind; LocalExecutor ignores them.
+QUEUE_DEFAULT = os.environ.get("ML_PIPELINE_QUEUE_DEFAULT", "default")
+QUEUE_IO = os.environ.get("ML_PIPELINE_QUEUE_IO", "io")
+QUEUE_TRAINING = os.environ.get("ML_PIPELINE_QUEUE_TRAINING", "training")
+# Caps concurrent training across all workers and runs; created by the init step (deploy/init.sh, the demo).
+TRAINING_POOL = os.environ.get("ML_PIPELINE_TRAINING_POOL", "training")
 
 
 def _send(config: PipelineConfig, email: notify.Email) -> None:
@@ -94,6 +100,7 @@ default_args = {
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(minutes=30),
     "on_failure_callback": notify_failure,
+    "queue": QUEUE_DEFAULT,
 }
 
 DOC = """
@@ -148,7 +155,7 @@ def ml_pipeline() -> None:
         atomic_write_json(path, json.loads(config.model_dump_json()))
         return {"config_path": str(path), "run": _run()}
 
-    @task(retries=3, retry_delay=timedelta(seconds=10))
+    @task(retries=3, retry_delay=timedelta(seconds=10), queue=QUEUE_IO)
     def crawl_data(record: Record) -> Record:
         from mlpipeline.crawl import CrawlError, crawl
 
@@ -176,7 +183,7 @@ def ml_pipeline() -> None:
             raise _non_retryable(exc) from exc
         return {**record, "etl": result.to_dict()}
 
-    @task(retries=1)
+    @task(retries=1, queue=QUEUE_TRAINING, pool=TRAINING_POOL, execution_timeout=timedelta(hours=2))
     def train_model(record: Record) -> Record:
         from mlpipeline.train import TrainError, train
 
@@ -192,7 +199,7 @@ def ml_pipeline() -> None:
             raise _non_retryable(exc) from exc
         return {**record, "train": result.to_dict()}
 
-    @task.branch(retries=1)
+    @task.branch(retries=1, queue=QUEUE_TRAINING)
     def validate_model(record: Record) -> str:
         from mlpipeline.train import TrainResult
         from mlpipeline.validate import validate
@@ -205,7 +212,7 @@ def ml_pipeline() -> None:
         get_current_context()["ti"].xcom_push(key="record", value={**record, "validate": decision.to_dict()})
         return "deploy_model" if decision.deploy else "retrain_alert"
 
-    @task(retries=1)
+    @task(retries=1, queue=QUEUE_IO)
     def deploy_model() -> Record:
         from mlpipeline.deploy import deploy
         from mlpipeline.train import TrainResult
@@ -238,7 +245,7 @@ def ml_pipeline() -> None:
             _send(config, notify.drift_alert_email(dag_run=record["run"], monitoring=result))
         return {**record, "monitor": result}
 
-    @task
+    @task(queue=QUEUE_IO)
     def success_email(record: Record) -> str:
         email = notify.success_email(
             dag_run=record["run"],
@@ -251,7 +258,7 @@ def ml_pipeline() -> None:
         _send(read_config(record["config_path"]), email)
         return email.subject
 
-    @task
+    @task(queue=QUEUE_IO)
     def retrain_alert() -> str:
         record = _decided()
         email = notify.retrain_alert_email(

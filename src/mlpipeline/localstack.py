@@ -289,6 +289,8 @@ class LocalStack:
         if not passwords.exists():
             atomic_write_json(passwords, {"admin": self.admin_password})
         self.airflow("db", "migrate")
+        # The DAG's training task runs in this pool; LocalExecutor leaves tasks of a missing pool unscheduled.
+        self.airflow("pools", "set", "training", "1", "Caps how many models train at once")
 
     def start_services(self) -> None:
         """Data source, SMTP catcher and model server: what the pipeline talks to."""

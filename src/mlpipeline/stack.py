@@ -1,0 +1,397 @@
+"""The production stack as local processes, read from ``docker-compose.yaml`` (its single source of truth).
+
+Each compose service's entrypoint + command and environment are interpolated the way compose does
+(``${VAR:-default}``), with hosts set to 127.0.0.1, free ports and a given PostgreSQL and Redis, and run as a
+local process. What differs locally is listed in :data:`LOCAL_ONLY_FLAGS` and nowhere else.
+
+    python -m mlpipeline.stack up      # foreground; Ctrl-C stops everything (``make stack``)
+
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from mlpipeline.localstack import REPO_ROOT, ManagedProcess, StackError, free_port
+from mlpipeline.storage import atomic_write_json, read_json
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
+# Given to the stack (the machine's own servers, or managed ones), not started by it.
+EXTERNAL_SERVICES = ("postgres", "redis")
+INIT_SERVICE = "airflow-init"
+# Services built from another image run from another virtualenv (deploy/mlflow.Dockerfile <-> .venv-mlflow).
+SERVICE_VIRTUALENVS: dict[str, Path] = {"mlflow": REPO_ROOT / ".venv-mlflow"}
+# Locally several components share one host: their log servers would all bind every interface on :8793 (see
+# docs/production.md); the shared log folder makes them unnecessary.
+LOCAL_ONLY_FLAGS: dict[str, list[str]] = {
+    "airflow-scheduler": ["--skip-serve-logs"],
+    "airflow-triggerer": ["--skip-serve-logs"],
+    "airflow-worker": ["--skip-serve-logs"],
+    "airflow-worker-training": ["--skip-serve-logs"],
+}
+# Start order; compose expresses the same with depends_on + health checks.
+START_ORDER = (
+    "mlflow",
+    "mailcatcher",
+    "datasource",
+    "model-server",
+    "airflow-apiserver",
+    "airflow-dag-processor",
+    "airflow-scheduler",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-training",
+    "flower",
+)
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable substitution: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2), match.group(3) or ""
+        value = env.get(name)
+        unset = value is None or (operator is not None and operator.startswith(":") and value == "")
+        if operator in (":-", "-") and unset:
+            return interpolate(argument, env)
+        if operator in (":?", "?") and unset:
+            raise StackError(f"{name}: {argument or 'required variable is not set'}")
+        return value or ""
+
+    return _VARIABLE.sub(replace, text)
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [_interpolate_tree(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value, env) for key, value in node.items()}
+    return node
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)  # resolves the YAML anchors and merge keys (<<: *airflow-common)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One compose service, interpolated: what runs, with which environment."""
+
+    name: str
+    argv: list[str]
+    environment: dict[str, str]
+    health_url: str | None
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    return [str(item) for item in value]
+
+
+def _health_url(service: dict[str, Any]) -> str | None:
+    test = " ".join(_as_list(service.get("healthcheck", {}).get("test")))
+    match = re.search(r"http://localhost:\d+/\S*", test)
+    return match.group(0).rstrip("'\"") if match else None
+
+
+def resolve_services(compose: dict[str, Any], env: Mapping[str, str]) -> dict[str, ServiceSpec]:
+    """Every service except the external ones, with compose's interpolation applied."""
+    specs = {}
+    for name, raw in compose["services"].items():
+        if name in EXTERNAL_SERVICES:
+            continue
+        service = _interpolate_tree(raw, env)
+        environment = {
+            key: "" if value is None else str(value) for key, value in service.get("environment", {}).items()
+        }
+        specs[name] = ServiceSpec(
+            name=name,
+            argv=_as_list(service.get("entrypoint")) + _as_list(service.get("command")),
+            environment=environment,
+            health_url=_health_url(service),
+        )
+    return specs
+
+
+def local_argv(spec: ServiceSpec) -> list[str]:
+    """The compose command as a local process: tools from this virtualenv, plus the documented local flags."""
+    venv = SERVICE_VIRTUALENVS.get(spec.name)
+    bin_dir = venv / "bin" if venv else Path(sys.executable).parent
+    if venv and not bin_dir.exists():
+        raise StackError(
+            f"{spec.name} runs from {venv}, which is missing: run `make stack` or `make test` to create it"
+        )
+    program, *args = spec.argv
+    if program == "python":
+        program = sys.executable
+    elif (bin_dir / program).exists():
+        program = str(bin_dir / program)
+    else:
+        program = shutil.which(program) or program
+    return [program, *args, *LOCAL_ONLY_FLAGS.get(spec.name, [])]
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+    airflow_db: str
+    mlflow_db: str
+
+
+@dataclass(frozen=True)
+class Redis:
+    host: str
+    port: int
+    db: int
+
+
+@dataclass
+class ProcessStack:
+    """``docker compose up`` without Docker: the same services as processes under ``root``."""
+
+    root: Path
+    postgres: Postgres
+    redis: Redis
+    ports: dict[str, int] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in (
+            "AIRFLOW_API_PORT",
+            "FLOWER_PORT",
+            "MLFLOW_PORT",
+            "MODEL_SERVER_PORT",
+            "DATASOURCE_PORT",
+            "SMTP_PORT",
+            "SCHEDULER_HEALTH_PORT",
+        ):
+            self.ports.setdefault(name, free_port())
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.root / "secrets.json"
+        if path.exists():
+            return read_json(path)
+        from cryptography.fernet import Fernet
+
+        values = {
+            "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW_ADMIN_USERNAME": "admin",
+            "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+            "FLOWER_USER": "flower",
+            "FLOWER_PASSWORD": secrets.token_urlsafe(12),
+        }
+        atomic_write_json(path, values)
+        path.chmod(0o600)
+        return values
+
+    def variables(self) -> dict[str, str]:
+        """What compose would read from ``.env``: here, local hosts, ports and directories."""
+        local = "127.0.0.1"
+        values = {
+            **self._secrets(),
+            "BIND_HOST": local,
+            "POSTGRES_HOST": self.postgres.host,
+            "POSTGRES_PORT": str(self.postgres.port),
+            "POSTGRES_USER": self.postgres.user,
+            "POSTGRES_PASSWORD": self.postgres.password,
+            "AIRFLOW_DB_NAME": self.postgres.airflow_db,
+            "MLFLOW_DB_NAME": self.postgres.mlflow_db,
+            "REDIS_HOST": self.redis.host,
+            "REDIS_PORT": str(self.redis.port),
+            "REDIS_DB": str(self.redis.db),
+            "AIRFLOW_API_HOST": local,
+            "MLFLOW_HOST": local,
+            "MODEL_SERVER_HOST": local,
+            "CRAWL_URL": f"http://{local}:{self.ports['DATASOURCE_PORT']}/api/records",
+            "SMTP_CONNECTION": (
+                f"smtp://{local}:{self.ports['SMTP_PORT']}?disable_ssl=true&disable_tls=true&timeout=10&retry_limit=3"
+            ),
+            "AIRFLOW_PUBLIC_URL": f"http://{local}:{self.ports['AIRFLOW_API_PORT']}",
+            "AIRFLOW_HOME_DIR": str(self.root / "airflow"),
+            "AIRFLOW_DAGS_DIR": str(REPO_ROOT / "dags"),
+            "AIRFLOW_LOGS_DIR": str(self.root / "logs" / "airflow"),
+            "ML_DATA_DIR": str(self.root / "data"),
+            "MLFLOW_ARTIFACTS_DIR": str(self.root / "mlflow-artifacts"),
+            "MLFLOW_ALLOWED_HOSTS": f"{local},{local}:{self.ports['MLFLOW_PORT']}",
+            "MAIL_DIR": str(self.root / "mail"),
+            "ML_PIPELINE_HOME": str(REPO_ROOT),
+            "ML_PIPELINE_SCHEDULE": "none",
+            **{name: str(port) for name, port in self.ports.items()},
+        }
+        values.update(self.overrides)
+        return values
+
+    def services(self) -> dict[str, ServiceSpec]:
+        return resolve_services(load_compose(), self.variables())
+
+    def _process_env(self, spec: ServiceSpec) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "ML_PIPELINE"))}
+        bin_dir = str(Path(sys.executable).parent)
+        return {**inherited, "PATH": f"{bin_dir}{os.pathsep}{inherited.get('PATH', '')}", **spec.environment}
+
+    def _logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['AIRFLOW_API_PORT']}"
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    def init(self, specs: dict[str, ServiceSpec]) -> None:
+        spec = specs[INIT_SERVICE]
+        init = ManagedProcess(INIT_SERVICE, local_argv(spec), self._process_env(spec), self._logs() / "init.log")
+        init.start()
+        assert init.popen is not None
+        if init.popen.wait(timeout=600) != 0:
+            raise StackError(f"{INIT_SERVICE} failed; log {init.log_path}:\n{init.log_tail()}")
+        init.stop()
+
+    def up(self, names: tuple[str, ...] = START_ORDER, timeout: float = 180) -> None:
+        specs = self.services()
+        unknown = set(specs) - set(START_ORDER) - {INIT_SERVICE}
+        if unknown:
+            raise StackError(f"docker-compose.yaml has service(s) the process stack does not know: {sorted(unknown)}")
+        for directory in ("data", "mail", "mlflow-artifacts", "logs/airflow"):
+            (self.root / directory).mkdir(parents=True, exist_ok=True)
+        self.init(specs)
+        # Start in compose's dependency order, and wait for health checks only where a later service needs them
+        # (the model server needs MLflow); the Airflow components come up in parallel, which halves start-up.
+        started: list[tuple[ManagedProcess, str | None]] = []
+        for name in names:
+            spec = specs[name]
+            process = ManagedProcess(name, local_argv(spec), self._process_env(spec), self._logs() / f"{name}.log")
+            self.processes[name] = process.start()
+            started.append((process, spec.health_url))
+            if name == "mlflow" and spec.health_url:
+                process.wait_until(lambda url=spec.health_url: self._healthy(url), timeout, "health check")
+        for process, url in started:
+            if url:
+                process.wait_until(lambda url=url: self._healthy(url), timeout, "health check")
+
+    def _healthy(self, url: str) -> bool:
+        # Health URLs say localhost (inside the container); here the service listens on 127.0.0.1.
+        response = httpx.get(url.replace("localhost", "127.0.0.1"), timeout=3)
+        return response.status_code < 500 or response.status_code == 503
+
+    def down(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop(timeout=30)
+        self.processes.clear()
+
+    def __enter__(self) -> ProcessStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up"])
+    parser.add_argument("--root", default=str(REPO_ROOT / ".stack"), help="state and logs (default .stack/)")
+    args = parser.parse_args(argv)
+    env = os.environ
+    stack = ProcessStack(
+        root=Path(args.root),
+        postgres=Postgres(
+            host=env.get("POSTGRES_HOST", "127.0.0.1"),
+            port=int(env.get("POSTGRES_PORT", "5432")),
+            user=env.get("POSTGRES_USER", "postgres"),
+            # compose insists on a password; a server with trust auth (like a developer's) ignores it.
+            password=env.get("POSTGRES_PASSWORD") or "unused-with-trust-auth",
+            airflow_db=env.get("AIRFLOW_DB_NAME", "airflow"),
+            mlflow_db=env.get("MLFLOW_DB_NAME", "mlflow"),
+        ),
+        redis=Redis(
+            host=env.get("REDIS_HOST", "127.0.0.1"),
+            port=int(env.get("REDIS_PORT", "6379")),
+            db=int(env.get("REDIS_DB", "0")),
+        ),
+        ports={
+            name: int(env.get(name, default))
+            for name, default in (
+                ("AIRFLOW_API_PORT", 8080),
+                ("FLOWER_PORT", 5555),
+                ("MLFLOW_PORT", 5000),
+                ("MODEL_SERVER_PORT", 8000),
+                ("DATASOURCE_PORT", 8765),
+                ("SMTP_PORT", 8025),
+                ("SCHEDULER_HEALTH_PORT", 8974),
+            )
+        },
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stack.up()
+        secrets_file = stack.root / "secrets.json"
+        print(
+            f"stack up: Airflow {stack.api_url} | Flower {stack.flower_url} | MLflow {stack.mlflow_url} | "
+            f"model server {stack.serving_url}; credentials in {secrets_file}; logs in {stack.root / 'logs'}",
+            flush=True,
+        )
+        while not stop.wait(2):
+            dead = [name for name, process in stack.processes.items() if not process.alive()]
+            if dead:
+                raise StackError(f"service(s) exited: {dead}; logs in {stack.root / 'logs'}")
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            stack.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The production stack (docker-compose.yaml) as local processes on the machine's real PostgreSQL and Redis:
+CeleryExecutor with two workers on different queues, Flower, FAB auth, MLflow server on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from mlpipeline.localstack import REPO_ROOT, AirflowClient
+from mlpipeline.mailcatcher import read_mailbox
+from mlpipeline.stack import (
+    EXTERNAL_SERVICES,
+    INIT_SERVICE,
+    LOCAL_ONLY_FLAGS,
+    START_ORDER,
+    Postgres,
+    ProcessStack,
+    Redis,
+    load_compose,
+    local_argv,
+    resolve_services,
+)
+from tests.services import databases, postgres_server, redis_database, redis_server
+
+pytestmark = pytest.mark.airflow
+DAG = "ml_pipeline"
+AIRFLOW_SERVICES = [name for name in START_ORDER if name.startswith("airflow-") or name == "flower"]
+
+
+# --- the compose file and the process stack cannot drift apart --------------------------------------------------
+
+
+def _stack_for_inspection(tmp_path: Path) -> ProcessStack:
+    return ProcessStack(
+        root=tmp_path,
+        postgres=Postgres("127.0.0.1", 5432, "u", "p", "airflow_db", "mlflow_db"),
+        redis=Redis("127.0.0.1", 6379, 3),
+    )
+
+
+def test_every_compose_service_runs_in_the_process_stack(tmp_path: Path) -> None:
+    compose = load_compose()
+    services = set(compose["services"])
+    assert services == {*EXTERNAL_SERVICES, INIT_SERVICE, *START_ORDER}
+    for name in services - set(EXTERNAL_SERVICES):
+        assert "healthcheck" in compose["services"][name] or name == INIT_SERVICE, f"{name} has no health check"
+
+
+def test_process_stack_runs_the_compose_commands_and_settings(tmp_path: Path) -> None:
+    stack = _stack_for_inspection(tmp_path)
+    variables = stack.variables()
+    specs = resolve_services(load_compose(), variables)
+    raw = load_compose()["services"]
+    for name, spec in specs.items():
+        argv = local_argv(spec)
+        extra = LOCAL_ONLY_FLAGS.get(name, [])
+        # Same arguments as compose, after the program, plus only the documented local flags.
+        assert argv[1:] == spec.argv[1:] + extra, name
+        assert Path(argv[0]).name == Path(spec.argv[0]).name or spec.argv[0] == "python", name
+        # Every compose setting reaches the process, unchanged.
+        process_env = stack._process_env(spec)
+        for key, value in spec.environment.items():
+            assert process_env[key] == value, (name, key)
+        assert len(spec.environment) >= len(raw[name].get("environment", {})), name
+    # One set of Airflow settings: identical for every Airflow component (JWT secret, Fernet key, execution API).
+    airflow_envs = [
+        {k: v for k, v in specs[name].environment.items() if k.startswith("AIRFLOW")} for name in AIRFLOW_SERVICES
+    ]
+    assert all(env == airflow_envs[0] for env in airflow_envs)
+    assert airflow_envs[0]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert airflow_envs[0]["AIRFLOW__API_AUTH__JWT_SECRET"] == variables["AIRFLOW_JWT_SECRET"]
+    assert airflow_envs[0]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{stack.api_url}/execution/"
+
+
+def test_env_example_names_every_required_secret() -> None:
+    compose_text = (REPO_ROOT / "docker-compose.yaml").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", compose_text))
+    example = (REPO_ROOT / ".env.example").read_text()
+    declared = set(re.findall(r"^([A-Z_]+)=", example, flags=re.MULTILINE))
+    assert required <= declared, required - declared
+    assert (
+        "AIRFLOW_JWT_SECRET" in required and "AIRFLOW_FERNET_KEY" in required and "AIRFLOW_ADMIN_PASSWORD" in required
+    )
+
+
+def test_every_queue_the_dag_uses_is_served_by_a_compose_worker() -> None:
+    dag_source = (REPO_ROOT / "dags" / "ml_pipeline.py").read_text()
+    used = set(re.findall(r'os\.environ\.get\("ML_PIPELINE_QUEUE_\w+", "(\w+)"\)', dag_source))
+    assert used == {"default", "io", "training"}
+    served: set[str] = set()
+    for service in load_compose()["services"].values():
+        command = service.get("command") or []
+        if "worker" in command and "--queues" in command:
+            served |= set(command[command.index("--queues") + 1].split(","))
+    assert used <= served
+
+
+# --- the real thing --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
+    with (
+        postgres_server() as pg,
+        databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
+        redis_server() as rd,
+        redis_database(rd) as redis_db,
+    ):
+        running = ProcessStack(
+            root=tmp_path_factory.mktemp("prodstack"),
+            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
+            redis=Redis(rd.host, rd.port, redis_db),
+            overrides={"ML_PIPELINE_MAX_ACTIVE_RUNS": "4", "TRAINING_POOL_SLOTS": "1", "DATASOURCE_ROWS": "3000"},
+        )
+        try:
+            running.up()
+            yield running
+        finally:
+            running.down()
+
+
+def _secrets(stack: ProcessStack) -> dict[str, str]:
+    return json.loads((stack.root / "secrets.json").read_text())
+
+
+def _client(stack: ProcessStack) -> AirflowClient:
+    secrets = _secrets(stack)
+    return AirflowClient(stack.api_url, secrets["AIRFLOW_ADMIN_USERNAME"], secrets["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def _flower(stack: ProcessStack, path: str) -> dict:
+    secrets = _secrets(stack)
+    response = httpx.get(
+        f"{stack.flower_url}{path}", auth=(secrets["FLOWER_USER"], secrets["FLOWER_PASSWORD"]), timeout=30
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def _wait(client: AirflowClient, run_ids: list[str], timeout: float = 900) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {run_id: client.run_state(DAG, run_id) for run_id in run_ids}
+        if all(state in ("success", "failed") for state in states.values()):
+            return states
+        time.sleep(2)
+    raise AssertionError(f"runs did not finish: {states}")
+
+
+def _task_instances(client: AirflowClient, run_id: str) -> list[dict]:
+    return client.get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+
+def test_the_api_refuses_anonymous_calls_and_flower_asks_for_credentials(stack: ProcessStack) -> None:
+    assert httpx.get(f"{stack.api_url}/api/v2/dags").status_code == 401
+    assert httpx.post(f"{stack.api_url}/api/v2/dags/{DAG}/dagRuns", json={"logical_date": None}).status_code == 401
+    bad = httpx.post(f"{stack.api_url}/auth/token", json={"username": "admin", "password": "wrong"})
+    assert bad.status_code in (401, 403)
+    assert httpx.get(f"{stack.flower_url}/api/workers").status_code == 401
+    assert httpx.get(f"{stack.flower_url}/api/workers", auth=("flower", "wrong")).status_code == 401
+    assert _flower(stack, "/api/workers") is not None  # and the configured credentials work
+
+
+def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> None:
+    client = _client(stack)
+    client.wait_for_dag(DAG)
+    run_id = client.trigger(DAG, {"accuracy_threshold": 0})
+    assert _wait(client, [run_id]) == {run_id: "success"}
+
+    workers = _flower(stack, "/api/workers?refresh=1")
+    queues_of = {name: {q["name"] for q in info.get("active_queues", [])} for name, info in workers.items()}
+    assert len(queues_of) == 2 and {"training"} in queues_of.values(), queues_of
+    flower_tasks = _flower(stack, "/api/tasks")
+    worker_of: dict[str, str] = {}
+    for task in flower_tasks.values():
+        # args is the repr of the Airflow workload (JSON); it names the task instance it executes.
+        match = re.search(r'"ti":\s*\{"id":\s*"([0-9a-f-]+)"', task.get("args") or "")
+        if match and task.get("worker"):
+            worker_of[match.group(1)] = task["worker"]
+
+    ran = [ti for ti in _task_instances(client, run_id) if ti["state"] == "success" and ti["task_id"] != "end"]
+    assert {ti["task_id"] for ti in ran} >= {
+        "crawl_data",
+        "etl",
+        "train_model",
+        "validate_model",
+        "deploy_model",
+        "monitor",
+    }
+    expected_queue = {
+        "crawl_data": "io",
+        "deploy_model": "io",
+        "success_email": "io",
+        "train_model": "training",
+        "validate_model": "training",
+        "start": "default",
+        "etl": "default",
+        "monitor": "default",
+    }
+    for ti in ran:
+        assert ti["queue"] == expected_queue[ti["task_id"]], ti["task_id"]
+        worker = worker_of[ti["id"]]  # Flower saw this very task instance...
+        assert ti["queue"] in queues_of[worker], (ti["task_id"], worker)  # ...on a worker serving its queue
+        assert ti["hostname"] == worker.split("@", 1)[1], (ti["hostname"], worker)
+
+    champion = MlflowClient(stack.mlflow_url).get_model_version_by_alias("churn_classifier", "champion")
+    assert champion.source.startswith("models:/") or champion.source
+    served = httpx.get(f"{stack.serving_url}/model", timeout=10).json()
+    assert str(served["version"]) == str(champion.version)
+    subjects = [str(m["subject"]) for m in read_mailbox(stack.mail_dir)]
+    assert f"[ml_pipeline] deployed churn_classifier v{champion.version}: accuracy" in " ".join(subjects)
+
+
+def test_three_runs_at_once_succeed_and_the_training_pool_holds(stack: ProcessStack) -> None:
+    client = _client(stack)
+    client.wait_for_dag(DAG)
+    run_ids = [client.trigger(DAG, {"accuracy_threshold": 0}) for _ in range(3)]
+    assert set(_wait(client, run_ids).values()) == {"success"}
+
+    spans = []
+    for run_id in run_ids:
+        for ti in _task_instances(client, run_id):
+            if ti["task_id"] == "train_model":
+                assert ti["pool"] == "training"
+                spans.append((datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])))
+    assert len(spans) == 3
+    slots = client.get("/api/v2/pools/training")["slots"]
+    for start, _ in spans:
+        running_then = sum(1 for other_start, other_end in spans if other_start <= start < other_end)
+        assert running_then <= slots, f"{running_then} training tasks ran at once with {slots} slot(s)"
