@@ -15,6 +15,11 @@ import httpx
 import pytest
 
 from mlpipeline.localstack import LocalStack, Ports
+from tests import services
+
+
+def pytest_report_header() -> str:
+    return services.describe()
 
 
 @pytest.fixture(scope="module")
