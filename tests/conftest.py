@@ -46,18 +46,18 @@ def dags_test(stack: LocalStack, conf: dict) -> tuple[str, dict[str, str | None]
     new = [run for run in _runs(stack) if run["run_id"] not in before]
     assert len(new) == 1, new
     run_id = new[0]["run_id"]
-    rows = _query(stack, "SELECT task_id, state FROM task_instance WHERE dag_id = 'ml_pipeline' AND run_id = ?", run_id)
+    rows = query(stack, "SELECT task_id, state FROM task_instance WHERE dag_id = 'ml_pipeline' AND run_id = ?", run_id)
     return run_id, dict(rows)
 
 
-def _query(stack: LocalStack, sql: str, *args: str) -> list[tuple]:
+def query(stack: LocalStack, sql: str, *args: str) -> list[tuple]:
     # Reading the metadata DB directly: each `airflow` CLI call costs ~5 s of start-up.
     with closing(sqlite3.connect(stack.airflow_home / "airflow.db")) as db:
         return db.execute(sql, args).fetchall()
 
 
 def _runs(stack: LocalStack) -> list[dict]:
-    return [{"run_id": row[0]} for row in _query(stack, "SELECT run_id FROM dag_run WHERE dag_id = 'ml_pipeline'")]
+    return [{"run_id": row[0]} for row in query(stack, "SELECT run_id FROM dag_run WHERE dag_id = 'ml_pipeline'")]
 
 
 def served_version(stack: LocalStack) -> str | None:

@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipeline.localstack import LocalStack
-from tests.conftest import dags_test, mailbox_subjects, served_version
+from tests.conftest import dags_test, mailbox_subjects, query, served_version
 
 pytestmark = pytest.mark.airflow
 
@@ -39,9 +39,16 @@ def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
 
 
 def test_threshold_zero_takes_the_deploy_path_and_serves_the_new_version(airflow_stack: LocalStack) -> None:
-    _, states = dags_test(airflow_stack, {"accuracy_threshold": 0})
+    run_id, states = dags_test(airflow_stack, {"accuracy_threshold": 0})
     assert {task: states[task] for task in DEPLOY_PATH} == dict.fromkeys(DEPLOY_PATH, "success")
     assert states["retrain_alert"] == "skipped"
+    # Only paths and small records travel through XCom; the data stays in files.
+    sizes = query(
+        airflow_stack,
+        "SELECT x.task_id, length(x.value) FROM xcom x JOIN dag_run d ON x.dag_run_id = d.id WHERE d.run_id = ?",
+        run_id,
+    )
+    assert sizes and max(size for _, size in sizes) < 16_384, sizes
     champion = _champion(airflow_stack)
     assert champion is not None
     assert served_version(airflow_stack) == champion

@@ -271,3 +271,15 @@ def test_endpoint_without_a_model_raises(reg: Registry, data: dict[str, str], tm
         with pytest.raises(MonitorError, match="HTTP 503"):
             _run_monitor(config, data)
     assert _report(config)["health"]["status"] == "no_model"
+
+
+def test_a_newer_champion_from_a_concurrent_run_is_monitored_not_failed(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url)
+    older = str(int(champion.version) - 1)  # what an earlier, slower run deployed before this champion
+    result = _run_monitor(config, data, expected_version=older)
+    assert result.healthy and result.served_version == champion.version
+    assert any(
+        f"version {older} deployed by this run was superseded by version {champion.version}" in a for a in result.alerts
+    )

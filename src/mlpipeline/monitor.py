@@ -455,6 +455,18 @@ def _record_to_mlflow(config: PipelineConfig, run: str, report: dict[str, Any], 
     return run_id
 
 
+def _superseded_by(config: PipelineConfig, expected_version: str | None) -> str | None:
+    """The champion's version if a later deployment has replaced ``expected_version`` since, else None."""
+    if expected_version is None:
+        return None
+    from mlpipeline.mlflow_utils import champion_version, use_tracking
+
+    champion = champion_version(use_tracking(config), config)
+    if champion is None or int(champion.version) <= int(expected_version):
+        return None
+    return str(champion.version)
+
+
 def monitor(
     config: PipelineConfig,
     *,
@@ -487,6 +499,14 @@ def monitor(
         holdout = None
 
     live = _LiveCheck()
+    superseded = _superseded_by(config, expected_version)
+    if superseded is not None:
+        # Another run deployed a newer champion since ours (concurrent runs): what must be live is that one.
+        live.alerts.append(
+            f"version {expected_version} deployed by this run was superseded by version {superseded}; "
+            "monitored the live champion instead"
+        )
+        expected_version = superseded
     started = time.perf_counter()
     _live_checks(config, holdout, None if expected_version is None else str(expected_version), live)
     live_seconds = time.perf_counter() - started

@@ -37,8 +37,8 @@ EXTERNAL_SERVICES = ("postgres", "redis")
 INIT_SERVICE = "airflow-init"
 # Services built from another image run from another virtualenv (deploy/mlflow.Dockerfile <-> .venv-mlflow).
 SERVICE_VIRTUALENVS: dict[str, Path] = {"mlflow": REPO_ROOT / ".venv-mlflow"}
-# Locally several components share one host: their log servers would all bind every interface on :8793 (see
-# docs/production.md); the shared log folder makes them unnecessary.
+# Locally several components share one host: their log servers would all bind every interface on :8793 (Airflow
+# binds them to all interfaces whatever the settings); the shared local log folder makes them unnecessary.
 LOCAL_ONLY_FLAGS: dict[str, list[str]] = {
     "airflow-scheduler": ["--skip-serve-logs"],
     "airflow-triggerer": ["--skip-serve-logs"],
