@@ -212,7 +212,8 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
         assert ti["queue"] in queues_of[worker], (ti["task_id"], worker)  # ...on a worker serving its queue
         assert ti["hostname"] == worker.split("@", 1)[1], (ti["hostname"], worker)
 
-    champion = MlflowClient(stack.mlflow_url).get_model_version_by_alias("churn_classifier", "champion")
+    registry = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    champion = registry.get_model_version_by_alias("churn_classifier", "champion")
     assert champion.source.startswith("models:/") or champion.source
     served = httpx.get(f"{stack.serving_url}/model", timeout=10).json()
     assert str(served["version"]) == str(champion.version)

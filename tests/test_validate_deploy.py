@@ -43,13 +43,17 @@ def candidates(ws: Workspace) -> dict[str, TrainResult]:
     return {"good": good, "weak": weak}
 
 
+def _registry(ws: Workspace) -> MlflowClient:
+    return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+
+
 def _champion(ws: Workspace) -> str | None:
-    aliases = MlflowClient(ws.tracking_uri).get_registered_model(MODEL).aliases if _registered(ws) else {}
+    aliases = _registry(ws).get_registered_model(MODEL).aliases if _registered(ws) else {}
     return str(aliases["champion"]) if "champion" in aliases else None
 
 
 def _registered(ws: Workspace) -> bool:
-    return bool(MlflowClient(ws.tracking_uri).search_registered_models(f"name = '{MODEL}'"))
+    return bool(_registry(ws).search_registered_models(f"name = '{MODEL}'"))
 
 
 def test_deploy_flow_threshold_champion_rollback(ws: Workspace, serving_url: str, candidates: dict) -> None:

@@ -47,6 +47,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def new_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def stored_secrets(path: Path, generate: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """Secrets generated once for a stack root (mode 600) and read back on every later start."""
+    if path.exists():
+        return json.loads(path.read_text())
+    values = generate()
+    atomic_write_json(path, values)
+    path.chmod(0o600)
+    return values
+
+
 @dataclass(frozen=True)
 class Ports:
     airflow_api: int = 8080
@@ -183,19 +199,14 @@ class LocalStack:
 
     def _secrets(self) -> dict[str, str]:
         """Generated once per stack root and reused, so a second run talks to the same Airflow."""
-        path = self.root / "secrets.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        from cryptography.fernet import Fernet
-
-        values = {
-            "jwt_secret": secrets.token_urlsafe(32),
-            "fernet_key": Fernet.generate_key().decode(),
-            "admin_password": secrets.token_urlsafe(12),
-        }
-        atomic_write_json(path, values)
-        path.chmod(0o600)
-        return values
+        return stored_secrets(
+            self.root / "secrets.json",
+            lambda: {
+                "jwt_secret": secrets.token_urlsafe(32),
+                "fernet_key": new_fernet_key(),
+                "admin_password": secrets.token_urlsafe(12),
+            },
+        )
 
     def pipeline_variables(self) -> dict[str, str]:
         """The pipeline settings for this stack, as Airflow Variables (``AIRFLOW_VAR_<NAME>``)."""

@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from mlpipeline.localstack import REPO_ROOT, ManagedProcess, StackError, free_port
-from mlpipeline.storage import atomic_write_json, read_json
+from mlpipeline.localstack import REPO_ROOT, ManagedProcess, StackError, free_port, new_fernet_key, stored_secrets
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 # Given to the stack (the machine's own servers, or managed ones), not started by it.
@@ -201,22 +200,17 @@ class ProcessStack:
             self.ports.setdefault(name, free_port())
 
     def _secrets(self) -> dict[str, str]:
-        path = self.root / "secrets.json"
-        if path.exists():
-            return read_json(path)
-        from cryptography.fernet import Fernet
-
-        values = {
-            "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
-            "AIRFLOW_ADMIN_USERNAME": "admin",
-            "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
-            "FLOWER_USER": "flower",
-            "FLOWER_PASSWORD": secrets.token_urlsafe(12),
-        }
-        atomic_write_json(path, values)
-        path.chmod(0o600)
-        return values
+        return stored_secrets(
+            self.root / "secrets.json",
+            lambda: {
+                "AIRFLOW_FERNET_KEY": new_fernet_key(),
+                "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
+                "AIRFLOW_ADMIN_USERNAME": "admin",
+                "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+                "FLOWER_USER": "flower",
+                "FLOWER_PASSWORD": secrets.token_urlsafe(12),
+            },
+        )
 
     def variables(self) -> dict[str, str]:
         """What compose would read from ``.env``: here, local hosts, ports and directories."""
