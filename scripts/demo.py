@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from mlpipeline.config import read_config
 from mlpipeline.localstack import REPO_ROOT, AirflowClient, LocalStack, Ports, StackError
 from mlpipeline.mailcatcher import read_mailbox
 from mlpipeline.payload import json_rows
@@ -78,8 +79,8 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     if model.status_code == 200:
         body = model.json()
         print(f"  serving           : {body['name']} v{body['version']} at {stack.serving_url}")
-        holdout = pd.read_parquet(train["holdout_path"])
-        row = json_rows(holdout.drop(columns=[c for c in holdout.columns if c == "churned"]).head(1))
+        features = read_config(str(records / "config.json")).dataset_schema.feature_names
+        row = json_rows(pd.read_parquet(train["holdout_path"], columns=features).head(1))
         answer = httpx.post(f"{stack.serving_url}/predict", json={"rows": row}, timeout=10).json()
         print(f"  one prediction    : POST /predict {json.dumps(row[0])[:90]}…")
         print(

@@ -122,14 +122,8 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
             rows, difference = _smoke_test(http, config, candidate, version)
     except Exception as exc:
         _roll_back(client, config, previous_version)
-        if isinstance(exc, DeployError):
-            raise DeployError(
-                f"{exc}; the {config.champion_alias!r} alias was moved back to {previous_version}"
-            ) from exc
-        raise DeployError(
-            f"deploying version {version} failed ({type(exc).__name__}: {exc}); "
-            f"the {config.champion_alias!r} alias was moved back to {previous_version}"
-        ) from exc
+        cause = exc if isinstance(exc, DeployError) else f"deploying version {version} failed ({exc!r})"
+        raise DeployError(f"{cause}; the {config.champion_alias!r} alias was moved back to {previous_version}") from exc
 
     deployed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     client.set_model_version_tag(config.registered_model_name, version, "deployed_at", deployed_at)
