@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 
-.PHONY: demo test stack lint format lock clean clean-demo
+.PHONY: demo test bench bench-quick stack lint format lock clean clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required, found " + sys.version)'
@@ -31,6 +31,18 @@ test: $(STAMP) $(MLFLOW_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): bench/requirements.txt $(STAMP)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+# Benchmarks (bench/, results in BENCHMARKS.md): not tests, no timing asserts. BENCH_ARGS="--only etl" picks some.
+bench: $(STAMP) $(MLFLOW_STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP) $(MLFLOW_STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # The production stack (docker-compose.yaml) as local processes against a given PostgreSQL and Redis:
 #   POSTGRES_HOST/PORT/USER/PASSWORD, AIRFLOW_DB_NAME, MLFLOW_DB_NAME (databases must exist), REDIS_HOST/PORT/DB.

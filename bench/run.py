@@ -1,0 +1,57 @@
+"""Run the benchmarks and rewrite their sections of BENCHMARKS.md.
+
+    python bench/run.py            # everything, full sizes (make bench)
+    python bench/run.py --quick    # smaller sizes and fewer repeats, under 10 minutes (make bench-quick)
+    python bench/run.py --only etl,serving
+
+Each benchmark is ``bench/bench_<name>.py`` with ``run(quick: bool) -> Section``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import update_benchmarks_md, write_result  # noqa: E402
+
+BENCHMARKS = ("training", "etl", "serving", "orchestration", "scaleout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 10 minutes)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHMARKS)
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+
+    failed = []
+    for name in chosen:
+        started = time.monotonic()
+        print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
+        try:
+            section = importlib.import_module(f"bench_{name}").run(quick=args.quick)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        write_result(section, quick=args.quick)
+        update_benchmarks_md(section, quick=args.quick)
+        print(section.markdown, flush=True)
+        print(f"== {name} done in {time.monotonic() - started:.0f} s", flush=True)
+    if failed:
+        print(f"benchmark(s) failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
