@@ -108,14 +108,15 @@ DOC = """
 
 Retrains and ships the churn classifier (or whatever dataset the Variables describe).
 
-`start` → `crawl_data` → `etl` → `train_model` → `validate_model` → **branch**:
+`start` → `crawl_data` → `etl` → `train_model` (one mapped instance per candidate, listed by `list_candidates`
+beside the crawl) → `validate_model` (best candidate) → **branch**:
 - metric ≥ `accuracy_threshold` and not worse than the champion → `deploy_model` → `monitor` → `success_email` → `end`
 - otherwise → `retrain_alert` → `end`
 
 Each task calls one function of the `mlpipeline` library; data moves as files under `data_dir`
 (`raw/<run>/`, `processed/<run>/`, `models/<run>/`, `runs/<run>/`), XCom carries only paths and small records.
 
-**Configuration**: one Airflow Variable per setting (`crawl_url`, `ml_model_type`, `accuracy_threshold`,
+**Configuration**: one Airflow Variable per setting (`crawl_url`, `ml_model_type`, `candidates`, `accuracy_threshold`,
 `test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf` overrides any of
 them for one run, e.g. `{"accuracy_threshold": 0.9}`. `start` validates and freezes the config of the run.
 Failures of any task are emailed (connection `smtp_default`).
@@ -145,15 +146,24 @@ def ml_pipeline() -> None:
     @task(retries=0)
     def start() -> Record:
         """Resolve Variables + run conf into one validated config, frozen for the whole run."""
+        from mlpipeline.train import check_candidates
+
         context = get_current_context()
         overrides = dict(context["dag_run"].conf or {})
         try:
             config = load_config(lambda name: Variable.get(name, default=None), overrides)
+            check_candidates(config)
         except ConfigError as exc:
             raise _non_retryable(exc) from exc
         path = DataLayout.of(config.data_dir).run_records(_run()) / "config.json"
         atomic_write_json(path, json.loads(config.model_dump_json()))
         return {"config_path": str(path), "run": _run()}
+
+    @task(retries=0)
+    def list_candidates(record: Record) -> list[dict[str, Any]]:
+        """The models to train, one mapped ``train_model`` each. Runs beside crawl_data, off the critical path
+        (Airflow maps only over a task's whole return value, so this is its own small task)."""
+        return [c.model_dump() for c in read_config(record["config_path"]).training_candidates()]
 
     @task(retries=3, retry_delay=timedelta(seconds=10), queue=QUEUE_IO)
     def crawl_data(record: Record) -> Record:
@@ -183,30 +193,44 @@ def ml_pipeline() -> None:
             raise _non_retryable(exc) from exc
         return {**record, "etl": result.to_dict()}
 
-    @task(retries=1, queue=QUEUE_TRAINING, pool=TRAINING_POOL, execution_timeout=timedelta(hours=2))
-    def train_model(record: Record) -> Record:
+    @task(
+        retries=1,
+        queue=QUEUE_TRAINING,
+        pool=TRAINING_POOL,
+        execution_timeout=timedelta(hours=2),
+        map_index_template="{{ candidate_name }}",
+    )
+    def train_model(record: Record, candidate: dict[str, Any]) -> Record:
+        """One mapped instance per candidate: they run in parallel across training workers (pool permitting)."""
+        from mlpipeline.config import Candidate
         from mlpipeline.train import TrainError, train
 
+        context = get_current_context()
+        context["candidate_name"] = candidate["name"]  # type: ignore[typeddict-unknown-key]  # labels the map index
         try:
             result = train(
                 read_config(record["config_path"]),
                 run=record["run"],
                 processed_data_path=record["etl"]["data_path"],
                 data_sha256=record["crawl"]["sha256"],
-                pipeline_run_id=get_current_context()["run_id"],
+                pipeline_run_id=context["run_id"],
+                candidate=Candidate(**candidate),
             )
         except (TrainError, ConfigError) as exc:
             raise _non_retryable(exc) from exc
         return {**record, "train": result.to_dict()}
 
     @task.branch(retries=1, queue=QUEUE_TRAINING)
-    def validate_model(record: Record) -> str:
+    def validate_model(trained: list[Record]) -> str:
+        """Pick the best candidate, then decide: deploy it, or alert that a retrain is needed."""
         from mlpipeline.train import TrainResult
-        from mlpipeline.validate import validate
+        from mlpipeline.validate import select_best, validate
 
-        decision = validate(
-            read_config(record["config_path"]), run=record["run"], candidate=TrainResult(**record["train"])
-        )
+        records = list(trained)
+        config = read_config(records[0]["config_path"])
+        best, ranking = select_best([TrainResult(**r["train"]) for r in records], config.validation_metric)
+        record = next(r for r in records if r["train"]["candidate"] == best.candidate)
+        decision = validate(config, run=record["run"], candidate=best, ranking=ranking)
         for reason in decision.reasons:
             log.info("validation: %s", reason)
         get_current_context()["ti"].xcom_push(key="record", value={**record, "validate": decision.to_dict()})
@@ -269,7 +293,10 @@ def ml_pipeline() -> None:
 
     end = EmptyOperator(task_id="end", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 
-    decision = validate_model(train_model(etl(crawl_data(start()))))
+    started = start()
+    cleaned = etl(crawl_data(started))
+    trained = train_model.partial(record=cleaned).expand(candidate=list_candidates(started))
+    decision = validate_model(trained)
     deployed = deploy_model()
     alert = retrain_alert()
     decision >> [deployed, alert]

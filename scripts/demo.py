@@ -51,7 +51,7 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     run = run_key(run_id)
     records = layout.run_records(run)
     decision = read_json(records / "validate.json")
-    train = read_json(layout.models(run) / "train.json")
+    train = read_json(layout.models(run) / decision["candidate"] / "train.json")
     manifest = read_json(layout.raw(run) / "manifest.json")
     etl = read_json(layout.processed(run) / "etl.json")
     branch = "deploy_model" if states.get("deploy_model") == "success" else "retrain_alert"
@@ -63,7 +63,7 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     for reason in decision["reasons"]:
         print(f"                      - {reason}")
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(train["metrics"].items()))
-    print(f"  candidate metrics : {metrics}")
+    print(f"  candidate {train['candidate']}: {metrics}")
     print(f"  threshold         : {decision['metric']} >= {decision['threshold']}")
     print(
         f"  raw snapshot      : {layout.raw(run)}  ({manifest['rows']} rows, sha256 {manifest['sha256'][:12]}…,"

@@ -6,6 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipeline.localstack import LocalStack
+from mlpipeline.storage import DataLayout, read_json, run_key
 from tests.conftest import dags_test, mailbox_subjects, query, served_version
 
 pytestmark = pytest.mark.airflow
@@ -35,13 +36,39 @@ def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
     output = airflow_stack.airflow("dags", "list-import-errors", "-o", "json").stdout
     assert "ml_pipeline" not in output
     tasks = airflow_stack.airflow("tasks", "list", "ml_pipeline").stdout.split()
-    assert set(tasks) == {*DEPLOY_PATH, "retrain_alert"}
+    assert set(tasks) == {*DEPLOY_PATH, "list_candidates", "retrain_alert"}
 
 
-def test_threshold_zero_takes_the_deploy_path_and_serves_the_new_version(airflow_stack: LocalStack) -> None:
-    run_id, states = dags_test(airflow_stack, {"accuracy_threshold": 0})
+def test_threshold_zero_takes_the_deploy_path_and_serves_the_best_candidate(airflow_stack: LocalStack) -> None:
+    candidates = [
+        {
+            "name": "stump",
+            "ml_model_type": "hist_gradient_boosting",
+            "hyperparameters": {"max_iter": 1, "max_depth": 1},
+        },
+        {"name": "forest", "ml_model_type": "random_forest", "hyperparameters": {"n_estimators": 20}},
+        {"ml_model_type": "hist_gradient_boosting"},
+    ]
+    run_id, states = dags_test(airflow_stack, {"accuracy_threshold": 0, "candidates": candidates})
     assert {task: states[task] for task in DEPLOY_PATH} == dict.fromkeys(DEPLOY_PATH, "success")
     assert states["retrain_alert"] == "skipped"
+    # One mapped train_model instance per candidate, labelled with its name.
+    mapped = query(
+        airflow_stack,
+        "SELECT map_index, rendered_map_index, state FROM task_instance "
+        "WHERE dag_id = 'ml_pipeline' AND task_id = 'train_model' AND run_id = ? ORDER BY map_index",
+        run_id,
+    )
+    assert mapped == [
+        (0, "stump", "success"),
+        (1, "forest", "success"),
+        (2, "02_hist_gradient_boosting", "success"),
+    ]
+    decision = read_json(DataLayout.of(airflow_stack.data_dir).run_records(run_key(run_id)) / "validate.json")
+    ranking = decision["ranking"]
+    assert sorted(row["candidate"] for row in ranking) == ["02_hist_gradient_boosting", "forest", "stump"]
+    assert [row["accuracy"] for row in ranking] == sorted((row["accuracy"] for row in ranking), reverse=True)
+    assert decision["candidate"] == ranking[0]["candidate"] != "stump"
     # Only paths and small records travel through XCom; the data stays in files.
     sizes = query(
         airflow_stack,

@@ -203,6 +203,7 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
         "train_model": "training",
         "validate_model": "training",
         "start": "default",
+        "list_candidates": "default",
         "etl": "default",
         "monitor": "default",
     }

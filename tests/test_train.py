@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from mlflow import MlflowClient
 
 from mlpipeline.config import ConfigError
 from mlpipeline.etl import EtlResult
-from mlpipeline.train import TrainError, evaluate, features_and_target, train
+from mlpipeline.train import TrainError, check_candidates, evaluate, features_and_target, train
+from mlpipeline.validate import select_best
 from tests.pipeline_data import Workspace, workspace
 
 
@@ -97,3 +99,93 @@ def test_a_single_class_target_cannot_train(ws: Workspace, processed: EtlResult,
     frame.to_parquet(path)
     with pytest.raises(TrainError, match="single class"):
         train(ws.config(), run="one", processed_data_path=str(path), data_sha256="x")
+
+
+def test_candidates_train_side_by_side_in_their_own_directories_and_the_best_is_selected(
+    ws: Workspace, processed: EtlResult
+) -> None:
+    config = ws.config(
+        candidates=[
+            {
+                "name": "stump",
+                "ml_model_type": "hist_gradient_boosting",
+                "hyperparameters": {"max_iter": 1, "max_depth": 1},
+            },
+            {"ml_model_type": "hist_gradient_boosting"},
+            {"ml_model_type": "logistic_regression", "hyperparameters": {"C": 0.5}},
+        ],
+        validation_metric="roc_auc",
+    )
+    candidates = config.training_candidates()
+    assert [c.name for c in candidates] == ["stump", "01_hist_gradient_boosting", "02_logistic_regression"]
+    with pytest.raises(ValueError, match="3 candidates"):
+        train(config, run="fan", processed_data_path=processed.data_path, data_sha256="x")
+    results = [
+        train(config, run="fan", processed_data_path=processed.data_path, data_sha256="x", candidate=c)
+        for c in candidates
+    ]
+    assert [r.candidate for r in results] == [c.name for c in candidates]
+    assert len({Path(r.metrics_path).parent for r in results}) == 3  # one directory each, nothing overwritten
+    assert all(Path(r.metrics_path).parent.parent == ws.root / "data" / "models" / "fan" for r in results)
+    # Same seed, same split: every candidate is scored on the same held-out rows.
+    assert len({pd.read_parquet(r.holdout_path).to_json() for r in results}) == 1
+
+    best, ranking = select_best(results, "roc_auc")
+    scores = {r.candidate: r.metrics["roc_auc"] for r in results}
+    assert best.candidate == max(scores, key=scores.get) != "stump"
+    assert [row["candidate"] for row in ranking] == sorted(scores, key=scores.get, reverse=True)
+    runs = MlflowClient(ws.tracking_uri).search_runs(
+        [MlflowClient(ws.tracking_uri).get_experiment_by_name("ml_pipeline").experiment_id],
+        filter_string="tags.pipeline_run = 'fan'",
+    )
+    assert sorted(run.data.tags["candidate"] for run in runs) == sorted(scores)
+
+
+def test_select_best_breaks_ties_by_config_order_and_ranks_nan_last(ws: Workspace, processed: EtlResult) -> None:
+    config = ws.config()
+    result = train(config, run="tie", processed_data_path=processed.data_path, data_sha256="x")
+    first = dataclasses.replace(result, candidate="first")
+    second = dataclasses.replace(result, candidate="second")
+    broken = dataclasses.replace(result, candidate="broken", metrics={**result.metrics, "accuracy": float("nan")})
+    best, ranking = select_best([broken, first, second], "accuracy")
+    assert best.candidate == "first"
+    assert [row["candidate"] for row in ranking] == ["first", "second", "broken"]
+
+
+def test_bad_candidate_hyperparameters_are_refused_before_any_work_naming_the_candidate(ws: Workspace) -> None:
+    config = ws.config(
+        candidates=[
+            {"name": "ok", "ml_model_type": "random_forest"},
+            {"name": "typo", "ml_model_type": "random_forest", "hyperparameters": {"n_estimator": 5}},
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"candidates\[typo\]: .*has no parameter"):
+        check_candidates(config)
+    check_candidates(ws.config())  # the default single candidate is valid
+    with pytest.raises(ConfigError, match="duplicate candidate names"):
+        ws.config(candidates=[{"name": "a", "ml_model_type": "random_forest"}] * 2)
+
+
+def test_numeric_imputer_fills_exactly_the_medians_sklearn_median_strategy_would(processed: EtlResult) -> None:
+    import numpy as np
+    from sklearn.impute import SimpleImputer
+
+    from mlpipeline.config import default_schema
+    from mlpipeline.train import build_pipeline
+
+    schema = default_schema()
+    features, target = features_and_target(pd.read_parquet(processed.data_path), schema)
+    rng = np.random.default_rng(0)
+    # Holes in every numeric column (odd and even counts of present values), so the medians are really computed.
+    numeric = schema.columns_of_type("numeric", "integer", "boolean")
+    holed = features.copy()
+    holed[numeric] = holed[numeric].mask(rng.random((len(holed), len(numeric))) < 0.1)
+    holed.loc[holed.index[:3], "monthly_charges"] = np.nan
+    for model_type in ("hist_gradient_boosting", "logistic_regression"):
+        pipeline = build_pipeline(schema, model_type, {}, 42).fit(holed, target)
+        numeric_step = pipeline.named_steps["preprocess"].named_transformers_["numeric"]
+        ours = numeric_step.named_steps["impute"]
+        reference = SimpleImputer(strategy="median").fit(
+            pipeline.named_steps["dates"].transform(holed)[ours.feature_names_in_]
+        )
+        assert np.array_equal(ours.statistics_, reference.statistics_)

@@ -107,6 +107,25 @@ def default_schema() -> DatasetSchema:
     )
 
 
+CANDIDATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_CANDIDATES = 64
+
+
+class Candidate(BaseModel):
+    """One model to train: an estimator and its hyperparameters. Several are trained in parallel (one mapped
+    Airflow task each) and the best by ``validation_metric`` goes on to validation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None,
+        pattern=CANDIDATE_NAME_PATTERN,
+        description="Unique, path-safe name (letters, digits, _ . -); default: <index>_<ml_model_type>.",
+    )
+    ml_model_type: ModelType
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the estimator.")
+
+
 class PipelineConfig(BaseModel):
     """All knobs of the pipeline. Field names are the Airflow Variable names."""
 
@@ -147,6 +166,12 @@ class PipelineConfig(BaseModel):
     ml_model_type: ModelType = Field(default="hist_gradient_boosting", description="The estimator.")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the estimator (validated by it)."
+    )
+    candidates: list[Candidate] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="Models to train side by side (a hyperparameter fan-out); the best by validation_metric is "
+        "validated. Empty: the one model given by ml_model_type + hyperparameters.",
     )
     test_size: float = Field(default=0.2, gt=0, lt=1, description="Held-out fraction.")
     random_state: int = Field(default=42, ge=0, description="Seed for the split and the estimator.")
@@ -217,6 +242,29 @@ class PipelineConfig(BaseModel):
         if schema.id_column and schema.id_column in schema.feature_names:
             raise ValueError(f"dataset_schema: id_column {schema.id_column!r} is also a feature column")
         return self
+
+    @model_validator(mode="after")
+    def _candidate_names_are_unique(self) -> PipelineConfig:
+        names = [c.name for c in self.training_candidates()]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"candidates: duplicate candidate names {duplicates}")
+        return self
+
+    def training_candidates(self) -> list[Candidate]:
+        """The candidates to train, each with its name filled in."""
+        if not self.candidates:
+            return [
+                Candidate(
+                    name=f"00_{self.ml_model_type}",
+                    ml_model_type=self.ml_model_type,
+                    hyperparameters=self.hyperparameters,
+                )
+            ]
+        return [
+            c if c.name else c.model_copy(update={"name": f"{index:02d}_{c.ml_model_type}"})
+            for index, c in enumerate(self.candidates)
+        ]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -50,7 +50,8 @@ class DataLayout:
         return self.root / "processed" / run
 
     def models(self, run: str) -> Path:
-        """What training produced for a run: held-out rows, metrics, the MLflow run it logged to."""
+        """What training produced for a run, one subdirectory per candidate: held-out rows, metrics, the MLflow
+        run it logged to."""
         return self.root / "models" / run
 
     def run_records(self, run: str) -> Path:

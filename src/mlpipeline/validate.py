@@ -1,9 +1,10 @@
-"""Validate stage: deploy only if the candidate clears the threshold AND is not worse than the champion
-scored on the same held-out rows. The decision and its reasons are recorded."""
+"""Validate stage: pick the best of the trained candidates, then deploy it only if it clears the threshold AND
+is not worse than the champion scored on the same held-out rows. The decision and its reasons are recorded."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,15 +28,41 @@ class ValidationDecision:
     champion_score: float | None
     reasons: list[str] = field(default_factory=list)
     record_path: str = ""
+    candidate: str = ""
+    ranking: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def validate(config: PipelineConfig, *, run: str, candidate: TrainResult) -> ValidationDecision:
+def _score(result: TrainResult, metric: str) -> float:
+    value = float(result.metrics.get(metric, float("nan")))
+    return -math.inf if math.isnan(value) else value
+
+
+def select_best(candidates: Sequence[TrainResult], metric: str) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """The best candidate by ``metric`` (ties go to the earlier one, in config order) and the full ranking."""
+    if not candidates:
+        raise ValueError("no trained candidate to choose from")
+    # sorted() is stable, so equal scores keep the config's order.
+    ranked = sorted(candidates, key=lambda result: -_score(result, metric))
+    ranking = [
+        {"candidate": r.candidate, "model_type": r.model_type, metric: r.metrics.get(metric), "model_uri": r.model_uri}
+        for r in ranked
+    ]
+    return ranked[0], ranking
+
+
+def validate(
+    config: PipelineConfig, *, run: str, candidate: TrainResult, ranking: list[dict[str, Any]] | None = None
+) -> ValidationDecision:
+    """Decide whether ``candidate`` (the best of ``ranking``, if several were trained) replaces the champion."""
     metric = config.validation_metric
     score = float(candidate.metrics[metric])
     reasons: list[str] = []
+    if ranking and len(ranking) > 1:
+        others = ", ".join(f"{r['candidate']} {r[metric]:.4f}" for r in ranking[1:])
+        reasons.append(f"best of {len(ranking)} candidates by {metric}: {candidate.candidate} (others: {others})")
     passes = not math.isnan(score) and score >= config.accuracy_threshold
     relation = ">=" if passes else "<"
     reasons.append(f"candidate {metric} {score:.4f} {relation} threshold {config.accuracy_threshold:.4f}")
@@ -83,6 +110,8 @@ def validate(config: PipelineConfig, *, run: str, candidate: TrainResult) -> Val
         champion_score=champion_score,
         reasons=reasons,
         record_path=str(record),
+        candidate=candidate.candidate,
+        ranking=ranking or [],
     )
     atomic_write_json(record, decision.to_dict())
     return decision
