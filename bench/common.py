@@ -182,10 +182,7 @@ def update_benchmarks_md(section: Section, *, quick: bool, path: Path = BENCHMAR
     )
     block = f"{start}\n{stamp}\n\n{section.markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip() + f"\n\n{block}\n"
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + f"\n\n{block}\n"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)

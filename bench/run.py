@@ -4,7 +4,8 @@
     python bench/run.py --quick    # smaller sizes and fewer repeats, under 10 minutes (make bench-quick)
     python bench/run.py --only etl,serving
 
-Each benchmark is ``bench/bench_<name>.py`` with ``run(quick: bool) -> Section``.
+Each benchmark is ``bench/bench_<name>.py`` with ``run(quick: bool)`` returning its Section(s); ``stack`` (on
+the Celery stack) writes two: orchestration and scale-out.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.services: the integration servers
 
-from common import update_benchmarks_md, write_result  # noqa: E402
+from common import update_benchmarks_md, write_result
 
-BENCHMARKS = ("training", "etl", "serving", "orchestration", "scaleout")
+BENCHMARKS = ("training", "etl", "serving", "stack")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,14 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
         try:
-            section = importlib.import_module(f"bench_{name}").run(quick=args.quick)
+            produced = importlib.import_module(f"bench_{name}").run(quick=args.quick)
         except Exception:
             traceback.print_exc()
             failed.append(name)
             continue
-        write_result(section, quick=args.quick)
-        update_benchmarks_md(section, quick=args.quick)
-        print(section.markdown, flush=True)
+        for section in produced if isinstance(produced, list) else [produced]:
+            write_result(section, quick=args.quick)
+            update_benchmarks_md(section, quick=args.quick)
+            print(section.markdown, flush=True)
         print(f"== {name} done in {time.monotonic() - started:.0f} s", flush=True)
     if failed:
         print(f"benchmark(s) failed: {failed}", file=sys.stderr)
