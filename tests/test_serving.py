@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import subprocess
@@ -18,7 +19,20 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlpipeline.serving import InputColumn, InputError, InputSchema, ServerThread, app_from_env, create_app
+from mlpipeline.payload import json_rows
+from mlpipeline.serving import (
+    InputColumn,
+    InputError,
+    InputSchema,
+    LoadedModel,
+    ServerThread,
+    _compile_pipeline,
+    _prediction_plan,
+    _Trees,
+    _verified_fast_path,
+    app_from_env,
+    create_app,
+)
 from tests import model_factory as mf
 from tests.model_factory import FEATURES, LoggedModel, Registry
 
@@ -442,3 +456,93 @@ def test_cli_process_starts_without_a_model_and_picks_one_up(reg: Registry, cli_
             http.get("/health")
             timings.append(time.perf_counter() - started)
         assert float(np.median(timings)) < 0.03, timings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The small-request fast path (numpy re-expression of the product's pipeline).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _product_model(model_type: str) -> tuple[Any, InputSchema, pd.DataFrame]:
+    """A pipeline from the train stage's own build_pipeline, fitted on the bundled churn data (with gaps)."""
+    from mlpipeline.config import default_schema
+    from mlpipeline.datasource import generate_churn_dataset
+    from mlpipeline.train import build_pipeline
+
+    schema = default_schema()
+    raw = generate_churn_dataset(600, seed=5, malformed_rate=0, duplicate_rate=0, missing_rate=0.05)
+    features = pd.DataFrame(index=raw.index)
+    for column in schema.columns:
+        if column.type == "categorical":
+            features[column.name] = raw[column.name].astype(object).where(raw[column.name].notna(), np.nan)
+        elif column.type == "date":
+            features[column.name] = pd.to_datetime(raw[column.name])
+        elif column.type == "boolean":
+            features[column.name] = raw[column.name].map({"true": 1.0, "false": 0.0}).astype("float64")
+        else:  # as the train stage feeds them: float64, so gaps reach the imputer
+            features[column.name] = raw[column.name].astype("float64")
+    hyperparameters = {"max_iter": 40} if model_type == "hist_gradient_boosting" else {}
+    if model_type == "random_forest":
+        hyperparameters = {"n_estimators": 10, "n_jobs": 1}
+    pipeline = build_pipeline(schema, model_type, hyperparameters, 0).fit(features, raw[schema.target].astype(int))
+    types = {"categorical": "string", "date": "datetime"}
+    input_schema = InputSchema(tuple(InputColumn(c.name, types.get(c.type, "double")) for c in schema.columns))
+    return pipeline, input_schema, features
+
+
+def _loaded(pipeline: Any, schema: InputSchema) -> LoadedModel:
+    preprocess, final_step, labels_are_argmax = _prediction_plan(pipeline)
+    return LoadedModel(
+        name="m", version="1", alias="champion", run_id=None, model=pipeline, schema=schema,
+        classes=tuple(pipeline.classes_), positive_index=1, metrics={}, trained_at=None, data_fingerprint=None,
+        source=None, loaded_at="", preprocess=preprocess, final_step=final_step, labels_are_argmax=labels_are_argmax,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", ["hist_gradient_boosting", "logistic_regression", "random_forest"])
+def test_fast_path_gives_exactly_the_sklearn_answers(model_type: str) -> None:
+    pipeline, schema, features = _product_model(model_type)
+    general = _loaded(pipeline, schema)
+    example = json_rows(features.head(5))
+    fast = _verified_fast_path(general, example, "test")
+    assert fast is not None, "the product's pipeline must get the fast path"
+    quick = dataclasses.replace(general, fast=fast)
+    rows = json_rows(features.iloc[5:200])
+    for i, row in enumerate(rows):  # gaps in every column, unseen categories, booleans as numbers
+        column = schema.columns[i % len(schema.columns)].name
+        row[column] = None if i % 3 else row[column]
+        if i % 11 == 0:
+            row["region"] = "atlantis"
+    for size in (1, 2, 5, 16):
+        for start in range(0, len(rows) - size, 23):
+            chunk = rows[start : start + size]
+            assert quick.predict_rows(chunk) == general.predict_rows(chunk)
+    # Larger requests go through sklearn itself.
+    assert quick.predict_rows(rows) == general.predict(schema.frame(rows))
+
+
+def test_fast_path_still_validates_input() -> None:
+    pipeline, schema, features = _product_model("hist_gradient_boosting")
+    general = _loaded(pipeline, schema)
+    quick = dataclasses.replace(general, fast=_verified_fast_path(general, json_rows(features.head(5)), "test"))
+    assert quick.fast is not None
+    rows = json_rows(features.head(2))
+    rows[1]["age"] = "old"
+    with pytest.raises(InputError, match="row 1, column 'age': expected a number"):
+        quick.predict_rows(rows)
+    del rows[1]["age"]
+    with pytest.raises(InputError, match=r"missing column\(s\) \['age'\]"):
+        quick.predict_rows(rows)
+
+
+def test_fast_path_is_refused_when_it_would_differ_or_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline, schema, features = _product_model("hist_gradient_boosting")
+    general = _loaded(pipeline, schema)
+    example = json_rows(features.head(5))
+    original = _Trees.predict_proba
+    monkeypatch.setattr(_Trees, "predict_proba", lambda self, x: original(self, x) + 1e-12)
+    assert _verified_fast_path(general, example, "test") is None
+    monkeypatch.undo()
+    # The test factory's pipeline uses sparse one-hot output: not a shape the fast path reproduces.
+    logged = mf.build_pipeline().fit(mf.make_frame(200)[FEATURES], mf.make_frame(200)[mf.TARGET])
+    assert _compile_pipeline(logged, schema, True) is None

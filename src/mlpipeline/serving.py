@@ -41,6 +41,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from mlpipeline.features import DATE_PARTS, DateParts
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "churn_classifier"
@@ -287,6 +289,11 @@ class InputSchema:
 
     def frame(self, rows: Sequence[Any]) -> pd.DataFrame:
         """Validate JSON rows and build the model input; raises :class:`InputError` naming rows and columns."""
+        # Built from whole numpy columns: far cheaper than DataFrame(list_of_dicts) or MLflow's schema enforcement.
+        return pd.DataFrame(self.arrays(rows), copy=False)
+
+    def arrays(self, rows: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Validate JSON rows into one typed numpy array per input column (the DataFrame's columns)."""
         errors: list[dict[str, Any]] = []
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
@@ -303,15 +310,14 @@ class InputSchema:
                 errors.append({"row": index, "column": None, "error": f"unknown column(s) {extra}"})
         if errors:
             raise InputError(errors[:_MAX_ERRORS_REPORTED], len(errors))
-        data = {}
+        data: dict[str, np.ndarray] = {}
         for column in self.columns:
             values = [row.get(column.name) for row in rows]
             data[column.name] = _CONVERTERS[column.type](values, column.name, errors)
         if errors:
             errors.sort(key=lambda e: (e["row"], e["column"]))
             raise InputError(errors[:_MAX_ERRORS_REPORTED], len(errors))
-        # Built from whole numpy columns: far cheaper than DataFrame(list_of_dicts) or MLflow's schema enforcement.
-        return pd.DataFrame(data, copy=False)
+        return data
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -345,6 +351,17 @@ class LoadedModel:
     preprocess: Any = None
     final_step: Any = None
     labels_are_argmax: bool = True
+    # The numpy equivalent of the pipeline for small requests, if it reproduced the sklearn path at load time.
+    fast: _FastPipeline | None = None
+
+    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Any], list[float]]:
+        """Validate JSON rows and predict them: the /predict code path."""
+        if self.fast is None or len(rows) > _FAST_PATH_MAX_ROWS:
+            return self.predict(self.schema.frame(rows))
+        labels, proba = self.fast.predict(self.schema.arrays(rows))
+        if labels is None:
+            labels = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
+        return [_plain(v) for v in labels], proba[:, self.positive_index].tolist()
 
     def predict(self, frame: pd.DataFrame) -> tuple[list[Any], list[float]]:
         if self.labels_are_argmax:
@@ -407,6 +424,241 @@ def _prediction_plan(model: Any) -> tuple[Any, Any, bool]:
         preprocess, final = None, model
     # Exact type, not isinstance: a subclass may override predict().
     return preprocess, final, type(final) in argmax_estimators
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small-request fast path: the fitted pipeline re-expressed as plain numpy.
+# scikit-learn's per-call input checks (DataFrame indexing, check_array, feature-name checks, set_output wrappers,
+# one Python call per boosting iteration) cost ~10 ms for one row while the arithmetic takes microseconds. For the
+# pipeline shape the train stage ships, the same computation is done here on the validated columns. It is built
+# only from step types and settings it reproduces exactly, and only used after it has matched the sklearn path
+# bit for bit on the model's input example (plus missing-value and unseen-category variants) at load time.
+# --------------------------------------------------------------------------------------------------------------
+
+# Above this many rows sklearn's fixed overhead is amortised and its compiled loops beat numpy tree traversal.
+_FAST_PATH_MAX_ROWS = 16
+
+_ColumnStep = Callable[[np.ndarray], np.ndarray]
+
+
+def _date_parts(values: np.ndarray) -> list[np.ndarray]:
+    """year, month, dayofweek, dayofyear as float64 (NaN for NaT): what DateParts derives through pandas."""
+    days = values.astype("datetime64[D]")
+    missing = np.isnat(days)
+    days = np.where(missing, np.datetime64(0, "D"), days)
+    years = days.astype("datetime64[Y]")
+    year = years.astype(np.int64) + 1970
+    month = days.astype("datetime64[M]").astype(np.int64) - (year - 1970) * 12 + 1
+    dayofweek = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    dayofyear = (days - years).astype(np.int64) + 1
+    parts = [part.astype(np.float64) for part in (year, month, dayofweek, dayofyear)]
+    for part in parts:
+        part[missing] = np.nan
+    return parts
+
+
+def _compile_imputer(step: Any) -> _ColumnStep | None:
+    missing_values = step.missing_values
+    if step.add_indicator or not (isinstance(missing_values, float) and math.isnan(missing_values)):
+        return None
+    statistics = np.asarray(step.statistics_)
+    if len(statistics) != step.n_features_in_ or pd.isna(statistics).any():
+        return None  # a column dropped for being empty at fit time: not reproduced here
+
+    def impute(block: np.ndarray) -> np.ndarray:
+        missing = block != block  # NaN, as sklearn's mask for missing_values=np.nan (object columns included)
+        if not missing.any():
+            return block
+        block = block.copy()
+        rows, columns = np.nonzero(missing)
+        block[rows, columns] = statistics[columns]
+        return block
+
+    return impute
+
+
+def _compile_one_hot(step: Any) -> _ColumnStep | None:
+    if (
+        step.drop is not None
+        or step.handle_unknown != "ignore"
+        or step.sparse_output
+        or getattr(step, "_infrequent_enabled", False)
+        or not all(isinstance(value, str) for categories in step.categories_ for value in categories)
+    ):
+        return None
+    lookups = [{value: index for index, value in enumerate(categories)} for categories in step.categories_]
+    offsets = np.cumsum([0] + [len(categories) for categories in step.categories_])
+    dtype = step.dtype
+
+    def encode(block: np.ndarray) -> np.ndarray:
+        out = np.zeros((block.shape[0], offsets[-1]), dtype=dtype)
+        for column, lookup in enumerate(lookups):
+            for row, value in enumerate(block[:, column]):
+                index = lookup.get(value)
+                if index is not None:  # unseen category: all zeros, as handle_unknown="ignore"
+                    out[row, offsets[column] + index] = 1
+        return out
+
+    return encode
+
+
+def _compile_scaler(step: Any) -> _ColumnStep | None:
+    mean, scale = step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None
+
+    def scale_block(block: np.ndarray) -> np.ndarray:
+        block = np.array(block, dtype=np.float64)  # a copy: the same in-place ops sklearn applies to its copy
+        if mean is not None:
+            block -= mean
+        if scale is not None:
+            block /= scale
+        return block
+
+    return scale_block
+
+
+def _compile_step(step: Any) -> _ColumnStep | None:
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    compilers: dict[type, Callable[[Any], _ColumnStep | None]] = {
+        SimpleImputer: _compile_imputer,
+        OneHotEncoder: _compile_one_hot,
+        StandardScaler: _compile_scaler,
+    }
+    compiler = compilers.get(type(step))  # exact types: a subclass may transform differently
+    return compiler(step) if compiler is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trees:
+    """All trees of a binary HistGradientBoostingClassifier as flat node arrays, traversed for all trees at once."""
+
+    roots: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+    depth: int
+    baseline: float
+    loss: Any
+
+    @classmethod
+    def of(cls, estimator: Any) -> _Trees | None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        if type(estimator) is not HistGradientBoostingClassifier or estimator.n_trees_per_iteration_ != 1:
+            return None
+        nodes = [predictors[0].nodes for predictors in estimator._predictors]
+        if not nodes or any(n["is_categorical"].any() for n in nodes):
+            return None
+        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        flat = np.concatenate(nodes)
+        shift = np.repeat(offsets, [len(n) for n in nodes])
+        return cls(
+            roots=offsets.astype(np.int64),
+            feature=flat["feature_idx"].astype(np.int64),
+            threshold=flat["num_threshold"].astype(np.float64),
+            missing_left=flat["missing_go_to_left"].astype(bool),
+            left=flat["left"].astype(np.int64) + shift,
+            right=flat["right"].astype(np.int64) + shift,
+            is_leaf=flat["is_leaf"].astype(bool),
+            value=flat["value"].astype(np.float64),
+            depth=int(flat["depth"].max()) + 1,
+            baseline=float(np.asarray(estimator._baseline_prediction).ravel()[0]),
+            loss=estimator._loss,
+        )
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        n = features.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        for _ in range(self.depth):
+            leaf = self.is_leaf[node]
+            if leaf.all():
+                break
+            x = features[rows, self.feature[node]]
+            go_left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+            node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
+        # Sequential sum from the baseline, tree after tree: the exact float order sklearn adds them in.
+        summed = np.cumsum(np.hstack([np.full((n, 1), self.baseline), self.value[node]]), axis=1)
+        return self.loss.predict_proba(summed[:, -1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _FastPipeline:
+    date_columns: tuple[str, ...]
+    blocks: tuple[tuple[tuple[str, ...], tuple[_ColumnStep, ...]], ...]  # ColumnTransformer parts, in order
+    trees: _Trees | None
+    final_step: Any
+    labels_are_argmax: bool
+
+    def predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
+        """(labels, or None when they are the argmax of the probabilities; class probabilities)."""
+        columns = dict(columns)
+        for date_column in self.date_columns:
+            for part, values in zip(DATE_PARTS, _date_parts(columns.pop(date_column)), strict=True):
+                columns[f"{date_column}_{part}"] = values
+        outputs = []
+        for names, steps in self.blocks:
+            block = np.column_stack([columns[name] for name in names])
+            if block.dtype != object:
+                block = block.astype(np.float64)  # what check_array makes of int/bool/float columns
+            for step in steps:
+                block = step(block)
+            outputs.append(block)
+        features = np.hstack(outputs).astype(np.float64, copy=False)
+        if self.trees is not None:
+            return None, self.trees.predict_proba(features)
+        proba = self.final_step.predict_proba(features)
+        return (None if self.labels_are_argmax else self.final_step.predict(features)), proba
+
+
+def _compile_pipeline(model: Any, schema: InputSchema, labels_are_argmax: bool) -> _FastPipeline | None:
+    """The fast equivalent of a fitted ``Pipeline([DateParts, ColumnTransformer, classifier])``, or None."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if type(model) is not Pipeline or len(model.steps) != 3:
+        return None
+    dates, columns, final = (step for _, step in model.steps)
+    types = {c.name: c.type for c in schema.columns}
+    date_columns = tuple(dates.date_columns or ())
+    if type(dates) is not DateParts or any(types.get(name) != "datetime" for name in date_columns):
+        return None
+    if type(columns) is not ColumnTransformer or getattr(columns, "_sklearn_output_config", {}).get("transform"):
+        return None
+    blocks = []
+    for _, transformer, selection in columns.transformers_:
+        if isinstance(transformer, str):
+            if transformer == "drop":
+                continue
+            return None  # passthrough
+        if not isinstance(selection, list) or not all(isinstance(name, str) for name in selection):
+            return None
+        if not selection:
+            continue  # sklearn skips empty selections
+        fitted = [step for _, step in transformer.steps] if type(transformer) is Pipeline else [transformer]
+        steps = [_compile_step(step) for step in fitted]
+        if any(step is None for step in steps):
+            return None
+        blocks.append((tuple(selection), tuple(steps)))
+    trees = _Trees.of(final) if labels_are_argmax else None
+    return _FastPipeline(date_columns, tuple(blocks), trees, final, labels_are_argmax)
+
+
+def _verification_rows(example_rows: list[dict[str, Any]], schema: InputSchema) -> list[dict[str, Any]]:
+    """The input example plus, from its first row, each column missing in turn and each text column unseen."""
+    variants = [dict(row) for row in example_rows]
+    first = example_rows[0]
+    for column in schema.columns:
+        variants.append({**first, column.name: None})
+        if column.type == "string":
+            variants.append({**first, column.name: "__never_seen_category__"})
+    variants.append({name: None for name in first})
+    return variants
 
 
 def load_model_version(client: Any, tracking_uri: str, name: str, version: str, alias: str) -> LoadedModel:
@@ -486,7 +738,32 @@ def load_model_version(client: Any, tracking_uri: str, name: str, version: str, 
                 log.warning("model %s version %s: input example does not fit the signature (%s)", name, version, exc)
             else:
                 loaded.predict(frame)
+                fast = _verified_fast_path(loaded, rows, f"{name} version {version}")
+                loaded = dataclasses.replace(loaded, fast=fast)
     return dataclasses.replace(loaded, loaded_at=_utc_now())
+
+
+def _verified_fast_path(loaded: LoadedModel, example_rows: list[dict[str, Any]], what: str) -> _FastPipeline | None:
+    """The small-request fast path, if it gives exactly the sklearn path's answers on the example and variants."""
+    try:
+        fast = _compile_pipeline(loaded.model, loaded.schema, loaded.labels_are_argmax)
+        if fast is None:
+            log.info("model %s: no fast path for this pipeline shape; every request uses scikit-learn", what)
+            return None
+        general = dataclasses.replace(loaded, fast=None)
+        candidate = dataclasses.replace(loaded, fast=fast)
+        for row in _verification_rows(example_rows, loaded.schema):
+            if candidate.predict_rows([row]) != general.predict_rows([row]):
+                log.warning("model %s: the fast path disagrees with scikit-learn on %s; not using it", what, row)
+                return None
+        batch = example_rows[:_FAST_PATH_MAX_ROWS]
+        if candidate.predict_rows(batch) != general.predict_rows(batch):
+            log.warning("model %s: the fast path disagrees with scikit-learn on the input example; not using it", what)
+            return None
+    except Exception as exc:  # an unexpected model detail must cost speed, never correctness or availability
+        log.warning("model %s: fast path unavailable (%s: %s)", what, type(exc).__name__, exc)
+        return None
+    return fast
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -784,7 +1061,7 @@ def create_app(
             return _error(413, f"too many rows: {len(rows)} > {max_rows}; split the request")
 
         def run() -> tuple[list[Any], list[float]]:
-            return model.predict(model.schema.frame(rows))
+            return model.predict_rows(rows)
 
         try:
             if len(rows) <= _INLINE_ROWS:
