@@ -121,3 +121,62 @@ def test_multiclass_target_is_refused(tmp_path: Path) -> None:
 def test_too_few_rows(tmp_path: Path) -> None:
     with pytest.raises(EtlError, match="fewer than min_rows=10"):
         etl(_config(tmp_path), run="r1", raw_data_path=_csv(tmp_path, _good_rows(5)), raw_format="csv")
+
+
+def _run(tmp_path: Path, source: str, run: str, chunk_rows: int):
+    config = _config(tmp_path, etl_chunk_rows=chunk_rows, max_bad_row_fraction=0.5)
+    return etl(config, run=run, raw_data_path=source, raw_format="csv")
+
+
+def test_small_chunks_give_the_same_result_as_one_chunk(tmp_path: Path) -> None:
+    rows = _good_rows(60)
+    rows[3] = "3,,2,red,,2024-01-13,1"  # imputed
+    rows[7] = " 7 , 17 ,0, blue ,YES,2024-08-17,1.0"  # padded values; "1.0" is the label 1
+    rows[9] = "9,abc,2,red,true,2024-01-11,1"  # quarantined
+    rows[20] = "20,5,2,purple,true,2024-01-11,0"  # quarantined
+    rows[31] = "31,5,2,red,true,2023-02-29,0"  # not a date: quarantined
+    rows += [rows[0], rows[25], rows[59]]  # duplicates
+    source = _csv(tmp_path, rows)
+    whole = _run(tmp_path, source, "whole", chunk_rows=1_000_000)
+    chunked = _run(tmp_path, source, "chunked", chunk_rows=4)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(whole.data_path), pd.read_parquet(chunked.data_path), check_exact=True
+    )
+    assert Path(whole.quarantine_path).read_text() == Path(chunked.quarantine_path).read_text()
+    assert Path(whole.profile_path).read_text() == Path(chunked.profile_path).read_text()
+    assert whole.data_sha256 == chunked.data_sha256
+    assert (whole.rows_out, whole.rows_quarantined, whole.duplicates_dropped) == (57, 3, 3)
+    assert (chunked.rows_out, chunked.rows_quarantined, chunked.duplicates_dropped) == (57, 3, 3)
+    quarantine = pd.read_csv(chunked.quarantine_path)
+    assert quarantine["_row_number"].tolist() == [10, 21, 32]
+
+
+def test_duplicates_in_different_chunks_are_dropped_keeping_the_first(tmp_path: Path) -> None:
+    rows = _good_rows(30)
+    rows[29] = rows[2]  # chunk 1 (rows 0-4) and chunk 6 (rows 25-29) with chunks of 5
+    rows[14] = rows[13]  # neighbours across the boundary... of the same chunk
+    rows[15] = rows[13]  # ...and of the next chunk
+    result = _run(tmp_path, _csv(tmp_path, rows), "r1", chunk_rows=5)
+    frame = pd.read_parquet(result.data_path)
+    assert result.duplicates_dropped == 3 and result.rows_out == 27
+    assert frame["id"].tolist() == [str(i) for i in range(30) if i not in (14, 15, 29)]
+
+
+def test_imputation_uses_the_median_of_all_rows_not_of_a_chunk(tmp_path: Path) -> None:
+    amounts = [1, 2, 3, 4, 5, 100, 200, 300, 400, None, 500, 600]  # first chunk median 3, global median 100
+    rows = [
+        GOOD_ROW.format(i=i, amount="" if a is None else a, count=1, colour="red", month=1, day=1, label=i % 2)
+        for i, a in enumerate(amounts)
+    ]
+    result = _run(tmp_path, _csv(tmp_path, rows), "r1", chunk_rows=5)
+    frame = pd.read_parquet(result.data_path)
+    assert frame.loc[frame["id"] == "9", "amount"].item() == 100.0
+    assert pd.read_json(result.profile_path, typ="series")["imputed_with"] == {"amount": 100.0}
+
+
+def test_python_whitespace_list_is_complete() -> None:
+    import sys
+
+    from mlpipeline.etl import PYTHON_WHITESPACE
+
+    assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == PYTHON_WHITESPACE

@@ -161,6 +161,9 @@ class PipelineConfig(BaseModel):
         default=0.2, ge=0, le=1, description="ETL fails if more than this fraction of rows is quarantined."
     )
     min_rows: int = Field(default=100, ge=10, description="ETL fails if fewer clean rows than this remain.")
+    etl_chunk_rows: int = Field(
+        default=250_000, ge=1, description="ETL reads and cleans this many rows at a time; bounds its memory."
+    )
 
     # --- model ------------------------------------------------------------------------------------------
     ml_model_type: ModelType = Field(default="hist_gradient_boosting", description="The estimator.")
