@@ -46,7 +46,12 @@ CRITICAL_PATH = [
     "success_email",
 ]
 NOOP_LENGTH = len(CRITICAL_PATH)
-AIRFLOW_DEFAULT_IDLE_SLEEP = "1.0"
+# Full mode restarts the stack with each of these (on top of the shipped settings) to show what they change.
+VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("idle sleep 0.1 s", {"SCHEDULER_IDLE_SLEEP_TIME": "0.1"}),
+    ("Airflow defaults (idle sleep 1.0 s, no preload)",
+     {"SCHEDULER_IDLE_SLEEP_TIME": "1.0", "ML_PIPELINE_WORKER_PRELOAD": "0"}),
+]  # fmt: skip
 FAN_OUT = [
     {"name": f"hgb_lr{lr}_leaves{leaves}", "ml_model_type": "hist_gradient_boosting",
      "hyperparameters": {"learning_rate": lr, "max_leaf_nodes": leaves, "max_iter": 100, "early_stopping": False}}
@@ -136,6 +141,21 @@ def hop_gaps(task_instances: list[dict[str, Any]], path: list[str]) -> list[floa
     return [(span[b][0] - span[a][1]).total_seconds() for a, b in itertools.pairwise(path)]
 
 
+def hop_parts(task_instances: list[dict[str, Any]], path: list[str]) -> list[tuple[float, float]]:
+    """Each hop split in two: (scheduler: end -> next queued, dispatch: queued -> started on a worker)."""
+    span = spans(task_instances)
+    queued: dict[str, datetime] = {}
+    for ti in task_instances:
+        if ti["state"] == "success" and ti.get("queued_when"):
+            when = _time(ti["queued_when"])
+            queued[ti["task_id"]] = min(when, queued.get(ti["task_id"], when))
+    return [
+        ((queued[b] - span[a][1]).total_seconds(), (span[b][0] - queued[b]).total_seconds())
+        for a, b in itertools.pairwise(path)
+        if b in queued
+    ]
+
+
 def run_seconds(result: dict[str, Any]) -> float:
     """Trigger (queued) to the run's end, as the API records them."""
     run = result["run"]
@@ -200,12 +220,13 @@ def measure_orchestration(stack: ProcessStack, client: AirflowClient, sizes: lis
     by_size: dict[int, dict[str, Any]] = {}
     for rows in sizes:
         conf = pipeline_conf(stack, rows)
-        airflow_seconds, plain_seconds, gaps, durations, stages = [], [], [], {}, {}
+        airflow_seconds, plain_seconds, gaps, parts, durations, stages = [], [], [], [], {}, {}
         for repeat in range(repeats):
             # Interleaved (Airflow, plain, Airflow, ...) so drifting background load hits both alike.
             result = run_dag(client, DAG, conf)
             airflow_seconds.append(run_seconds(result))
             gaps.extend(hop_gaps(result["task_instances"], CRITICAL_PATH))
+            parts.extend(hop_parts(result["task_instances"], CRITICAL_PATH))
             for task_id, (start, end) in spans(result["task_instances"]).items():
                 durations.setdefault(task_id, []).append((end - start).total_seconds())
             plain = run_plain(stack, conf, f"plain_{rows}_{repeat}_{int(time.time())}")
@@ -218,6 +239,8 @@ def measure_orchestration(stack: ProcessStack, client: AirflowClient, sizes: lis
             "airflow": stats(airflow_seconds),
             "plain": stats(plain_seconds),
             "gaps": stats(gaps),
+            "scheduler_part": stats([part[0] for part in parts]),
+            "dispatch_part": stats([part[1] for part in parts]),
             "task_seconds": {task: statistics.median(values) for task, values in durations.items()},
             "stage_seconds": {stage: statistics.median(values) for stage, values in stages.items()},
         }
@@ -225,13 +248,19 @@ def measure_orchestration(stack: ProcessStack, client: AirflowClient, sizes: lis
 
 
 def measure_floor(client: AirflowClient, repeats: int) -> dict[str, Stats]:
-    totals, gaps = [], []
+    totals, gaps, parts = [], [], []
     path = [f"noop_{index:02d}" for index in range(NOOP_LENGTH)]
     for _ in range(repeats):
         result = run_dag(client, NOOP_DAG, {})
         totals.append(run_seconds(result))
         gaps.extend(hop_gaps(result["task_instances"], path))
-    return {"total": stats(totals), "gaps": stats(gaps)}
+        parts.extend(hop_parts(result["task_instances"], path))
+    return {
+        "total": stats(totals),
+        "gaps": stats(gaps),
+        "scheduler_part": stats([part[0] for part in parts]),
+        "dispatch_part": stats([part[1] for part in parts]),
+    }
 
 
 def measure_idle_cpu(stack: ProcessStack, seconds: float) -> dict[str, float]:
@@ -261,6 +290,16 @@ def second_training_worker(stack: ProcessStack) -> Iterator[None]:
         worker.stop(timeout=60)
 
 
+def most_at_once(result: dict[str, Any]) -> int:
+    """The most candidates training at the same moment: proof that a second worker was used."""
+    trains = [
+        (_time(ti["start_date"]), _time(ti["end_date"]))
+        for ti in result["task_instances"]
+        if ti["task_id"] == "train_model" and ti["state"] == "success"
+    ]
+    return max(sum(1 for start, end in trains if start <= moment < end) for moment, _ in trains)
+
+
 def fan_out_seconds(result: dict[str, Any]) -> float:
     """First candidate's start to the last one's end."""
     start, end = spans(result["task_instances"])["train_model"]
@@ -269,20 +308,28 @@ def fan_out_seconds(result: dict[str, Any]) -> float:
 
 def measure_scale_out(stack: ProcessStack, client: AirflowClient, rows: int, repeats: int) -> dict[str, Any]:
     conf = {**pipeline_conf(stack, rows), "candidates": FAN_OUT}
-    one, two, one_run, two_run = [], [], [], []
+    one, two, one_run, two_run, concurrency = [], [], [], [], {"one": 0, "two": 0}
     for _ in range(repeats):
         result = run_dag(client, DAG, conf)
         one.append(fan_out_seconds(result))
         one_run.append(run_seconds(result))
+        concurrency["one"] = max(concurrency["one"], most_at_once(result))
         with second_training_worker(stack):
             result = run_dag(client, DAG, conf)
         two.append(fan_out_seconds(result))
         two_run.append(run_seconds(result))
+        concurrency["two"] = max(concurrency["two"], most_at_once(result))
         hosts = sorted({ti["hostname"] for ti in result["task_instances"] if ti["task_id"] == "train_model"})
         print(
             f"   fan-out of {len(FAN_OUT)}: 1 worker {one[-1]:.1f} s, 2 workers {two[-1]:.1f} s ({hosts})", flush=True
         )
-    return {"one": stats(one), "two": stats(two), "one_run": stats(one_run), "two_run": stats(two_run)}
+    return {
+        "one": stats(one),
+        "two": stats(two),
+        "one_run": stats(one_run),
+        "two_run": stats(two_run),
+        "most_at_once": concurrency,
+    }
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -292,18 +339,22 @@ def _verdict(met: bool) -> str:
     return "**met**" if met else "**not met**"
 
 
+def _split(measured: dict[str, Any]) -> str:
+    return f"{measured['scheduler_part'].median:.3f} / {measured['dispatch_part'].median:.3f} s"
+
+
 def orchestration_markdown(
     by_size: dict[int, dict[str, Any]],
     floor: dict[str, Stats],
     idle: dict[str, float],
     worker_rss: float,
-    defaults: dict[str, Any] | None,
+    variants: list[tuple[str, dict[str, Any]]],
 ) -> str:
     rows = []
     for size, m in by_size.items():
         rows.append(
             [f"{size:,}", m["airflow"].fmt(), m["plain"].fmt(), f"{ratio(m['airflow'], m['plain']):.2f}x",
-             m["gaps"].fmt(digits=3)]
+             m["gaps"].fmt(digits=3), _split(m)]
         )  # fmt: skip
     largest = max(by_size)
     m = by_size[largest]
@@ -326,7 +377,9 @@ def orchestration_markdown(
         "(PostgreSQL + Redis), trigger to end of run. Hop = one task's end to the next one's start on the deploy "
         f"path ({' → '.join(CRITICAL_PATH)}), from task-instance timestamps.",
         "",
-        markdown_table(["rows", "Airflow (Celery)", "plain Python", "ratio", "per-hop gap"], rows),
+        markdown_table(
+            ["rows", "Airflow (Celery)", "plain Python", "ratio", "per-hop gap", "of which scheduler / dispatch"], rows
+        ),
         "",
         f"Where the time goes at {largest:,} rows (medians, seconds): a task's duration on the worker vs the "
         "same stage in the plain process; the difference is the task's own start-up and bookkeeping (fork, DAG "
@@ -335,31 +388,37 @@ def orchestration_markdown(
         markdown_table(["task", "Airflow task", "plain stage", "difference"], overhead_rows),
         "",
         f"Airflow's floor on the same stack: a chain of {NOOP_LENGTH} no-op Python tasks (`bench/dags/noop_chain.py`)"
-        f" takes {floor['total'].fmt()} trigger to end, per-hop gap {floor['gaps'].fmt(digits=3)}.",
+        f" takes {floor['total'].fmt()} trigger to end, per-hop gap {floor['gaps'].fmt(digits=3)}; of which "
+        f"scheduler / dispatch {_split(floor)}. Scheduler = a task's end to the next one queued (the scheduler "
+        "notices on its next loop: up to one idle sleep plus the loop's own queries); dispatch = queued to running "
+        "on a worker (Celery via Redis, the worker forks the task process, which reports in).",
         "",
         "Idle CPU, share of one core (nothing running; scheduler over the full window, the rest over 5 s): "
         + ", ".join(f"{name.replace('airflow-', '')} {share:.1%}" for name, share in idle.items())
         + f". A general worker's resident memory with the preloaded libraries: {worker_rss:.0f} MiB.",
     ]
-    if defaults:
-        d = defaults
+    if variants:
+        header = ["", "shipped", *[name for name, _ in variants]]
+        size = variants[0][1]["rows"]
+        table = [
+            [f"ml_pipeline, {size:,} rows", by_size[size]["airflow"].fmt(),
+             *[v["pipeline"].fmt() for _, v in variants]],
+            ["per-hop gap (pipeline)", by_size[size]["gaps"].fmt(digits=3),
+             *[v["gaps"].fmt(digits=3) for _, v in variants]],
+            ["no-op chain", floor["total"].fmt(), *[v["floor"]["total"].fmt() for _, v in variants]],
+            ["per-hop gap (no-op chain)", floor["gaps"].fmt(digits=3),
+             *[v["floor"]["gaps"].fmt(digits=3) for _, v in variants]],
+            ["idle scheduler CPU", f"{scheduler_idle:.1%}", *[f"{v['idle']:.1%}" for _, v in variants]],
+            ["worker resident memory", f"{worker_rss:.0f} MiB", *[f"{v['worker_rss']:.0f} MiB" for _, v in variants]],
+        ]  # fmt: skip
         lines += [
             "",
-            "Which settings matter: the same stack with Airflow's defaults for the two settings the product "
-            "changes — the scheduler's idle sleep (`SCHEDULER_IDLE_SLEEP_TIME`, shipped 0.2 s, Airflow 1.0 s) and "
-            "preloading the pipeline's libraries in the workers (`ML_PIPELINE_WORKER_PRELOAD`, shipped on):",
+            "Which settings matter: the same stack restarted with other values of the two settings the product "
+            "changes from Airflow's defaults: the scheduler's idle sleep (`SCHEDULER_IDLE_SLEEP_TIME`, shipped 0.2 s, "
+            "Airflow 1.0 s) and preloading the pipeline's libraries in the workers (`ML_PIPELINE_WORKER_PRELOAD`, "
+            "shipped on):",
             "",
-            markdown_table(
-                ["", "shipped", "Airflow defaults"],
-                [
-                    [f"ml_pipeline, {d['rows']:,} rows", by_size[d["rows"]]["airflow"].fmt(), d["pipeline"].fmt()],
-                    ["per-hop gap (pipeline)", by_size[d["rows"]]["gaps"].fmt(digits=3), d["gaps"].fmt(digits=3)],
-                    ["no-op chain", floor["total"].fmt(), d["floor"]["total"].fmt()],
-                    ["per-hop gap (no-op chain)", floor["gaps"].fmt(digits=3), d["floor"]["gaps"].fmt(digits=3)],
-                    ["idle scheduler CPU", f"{scheduler_idle:.1%}", f"{d['idle']:.1%}"],
-                    ["worker resident memory", f"{worker_rss:.0f} MiB", f"{d['worker_rss']:.0f} MiB"],
-                ],
-            ),
+            markdown_table(header, table),
         ]
     lines += [
         "",
@@ -380,10 +439,10 @@ def scale_out_markdown(result: dict[str, Any], rows: int) -> str:
     fan_ratio = ratio(result["two"], result["one"])
     run_ratio = ratio(result["two_run"], result["one_run"])
     table = markdown_table(
-        ["training workers", "8-candidate fan-out", "whole run", "fan-out vs 1 worker"],
+        ["training workers", "8-candidate fan-out", "whole run", "fan-out vs 1 worker", "most trained at once"],
         [
-            ["1 (baseline)", result["one"].fmt(), result["one_run"].fmt(), "1.00x"],
-            ["2", result["two"].fmt(), result["two_run"].fmt(), f"{fan_ratio:.2f}x"],
+            ["1 (baseline)", result["one"].fmt(), result["one_run"].fmt(), "1.00x", result["most_at_once"]["one"]],
+            ["2", result["two"].fmt(), result["two_run"].fmt(), f"{fan_ratio:.2f}x", result["most_at_once"]["two"]],
         ],
     )
     return "\n".join(
@@ -422,22 +481,28 @@ def run(quick: bool) -> list[Section]:
             idle = measure_idle_cpu(stack, 15 if quick else 30)
             rss = worker_rss_mib(stack)
             fan = measure_scale_out(stack, client, fan_rows, repeats)
-        defaults = None
+        variants: list[tuple[str, dict[str, Any]]] = []
         if not quick:
-            variables = {**shipped, "SCHEDULER_IDLE_SLEEP_TIME": AIRFLOW_DEFAULT_IDLE_SLEEP,
-                         "ML_PIPELINE_WORKER_PRELOAD": "0"}  # fmt: skip
-            with celery_stack(root / "airflow-defaults", **variables) as (stack, client):
-                run_dag(client, NOOP_DAG, {})
-                rows = sizes[0]
-                pipeline = [run_seconds(result := run_dag(client, DAG, pipeline_conf(stack, rows))) for _ in range(2)]
-                defaults = {
-                    "rows": rows,
-                    "pipeline": stats(pipeline),
-                    "gaps": stats(hop_gaps(result["task_instances"], CRITICAL_PATH)),
-                    "floor": measure_floor(client, 5),
-                    "idle": measure_idle_cpu(stack, 30)["airflow-scheduler"],
-                    "worker_rss": worker_rss_mib(stack),
-                }
+            for name, variables in VARIANTS:
+                with celery_stack(root / name.replace(" ", "-"), **shipped, **variables) as (stack, client):
+                    run_dag(client, NOOP_DAG, {})
+                    rows = sizes[0]
+                    results = [run_dag(client, DAG, pipeline_conf(stack, rows)) for _ in range(2)]
+                    variants.append(
+                        (
+                            name,
+                            {
+                                "rows": rows,
+                                "pipeline": stats([run_seconds(result) for result in results]),
+                                "gaps": stats(
+                                    [g for r in results for g in hop_gaps(r["task_instances"], CRITICAL_PATH)]
+                                ),
+                                "floor": measure_floor(client, 5),
+                                "idle": measure_idle_cpu(stack, 30)["airflow-scheduler"],
+                                "worker_rss": worker_rss_mib(stack),
+                            },
+                        )
+                    )
 
     def plain(value: Any) -> Any:
         if isinstance(value, Stats):
@@ -449,8 +514,8 @@ def run(quick: bool) -> list[Section]:
     return [
         Section(
             "orchestration",
-            orchestration_markdown(by_size, floor, idle, rss, defaults),
-            plain({"by_size": by_size, "floor": floor, "idle_cpu": idle, "worker_rss_mib": rss, "defaults": defaults}),
+            orchestration_markdown(by_size, floor, idle, rss, variants),
+            plain({"by_size": by_size, "floor": floor, "idle_cpu": idle, "worker_rss_mib": rss, "variants": variants}),
         ),
         Section("scaleout", scale_out_markdown(fan, fan_rows), plain({"rows": fan_rows, **fan})),
     ]
