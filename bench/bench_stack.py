@@ -162,23 +162,24 @@ def run_seconds(result: dict[str, Any]) -> float:
     return (_time(run["end_date"]) - _time(run["queued_at"])).total_seconds()
 
 
-def cpu_share(pids: list[int], seconds: float) -> float:
-    """CPU used by these processes and their children over ``seconds``, as a fraction of one core."""
-
-    def cpu_total() -> float:
-        total = 0.0
-        for pid in pids:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        for each in [process, *process.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
-                process = psutil.Process(pid)
-                for each in [process, *process.children(recursive=True)]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        times = each.cpu_times()
-                        total += times.user + times.system
-        return total
+                times = each.cpu_times()
+                total += times.user + times.system
+    return total
 
-    before, started = cpu_total(), time.monotonic()
+
+def cpu_shares(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU used by each process (with its children) over the same ``seconds``, as a fraction of one core."""
+    before, started = {name: _cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
     time.sleep(seconds)
-    return (cpu_total() - before) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return {name: (_cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
 
 
 def pid_of(stack: ProcessStack, service: str) -> int:
@@ -264,13 +265,11 @@ def measure_floor(client: AirflowClient, repeats: int) -> dict[str, Stats]:
 
 
 def measure_idle_cpu(stack: ProcessStack, seconds: float) -> dict[str, float]:
+    """Each Airflow component's CPU while nothing runs, all over the same window."""
     time.sleep(3)  # let the last run's bookkeeping settle
     services = ["airflow-scheduler", "airflow-dag-processor", "airflow-apiserver", "airflow-triggerer",
                 "airflow-worker", "airflow-worker-training", "flower"]  # fmt: skip
-    shares: dict[str, float] = {}
-    for service in services:
-        shares[service] = cpu_share([pid_of(stack, service)], seconds if service == "airflow-scheduler" else 5)
-    return shares
+    return cpu_shares({service: pid_of(stack, service) for service in services}, seconds)
 
 
 # --- 2. scale-out ----------------------------------------------------------------------------------------------
@@ -393,7 +392,7 @@ def orchestration_markdown(
         "notices on its next loop: up to one idle sleep plus the loop's own queries); dispatch = queued to running "
         "on a worker (Celery via Redis, the worker forks the task process, which reports in).",
         "",
-        "Idle CPU, share of one core (nothing running; scheduler over the full window, the rest over 5 s): "
+        "Idle CPU, share of one core (nothing running, all over the same window): "
         + ", ".join(f"{name.replace('airflow-', '')} {share:.1%}" for name, share in idle.items())
         + f". A general worker's resident memory with the preloaded libraries: {worker_rss:.0f} MiB.",
     ]
