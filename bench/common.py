@@ -171,11 +171,14 @@ def _markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
 
-def update_benchmarks_md(section: Section, *, quick: bool, path: Path = BENCHMARKS_MD) -> None:
-    """Replace the text between this section's markers in BENCHMARKS.md (written atomically)."""
+def update_benchmarks_md(
+    section: Section, *, quick: bool, path: Path = BENCHMARKS_MD, facts: dict[str, Any] | None = None
+) -> None:
+    """Replace the text between this section's markers in BENCHMARKS.md (written atomically). ``facts``: the
+    machine facts of when it was measured (default: now)."""
     start, end = _markers(section.name)
     text = path.read_text() if path.exists() else ""
-    facts = machine()
+    facts = facts or machine()
     stamp = (
         f"_Measured {facts['date']} at commit `{facts['commit']}` "
         f"({'quick' if quick else 'full'} mode; load average at start {facts['load_average_at_start']})._"

@@ -3,6 +3,7 @@
     python bench/run.py            # everything, full sizes (make bench)
     python bench/run.py --quick    # smaller sizes and fewer repeats, under 10 minutes (make bench-quick)
     python bench/run.py --only etl,serving
+    python bench/run.py --render --only stack   # rewrite the tables from bench/results/ without measuring
 
 Each benchmark is ``bench/bench_<name>.py`` with ``run(quick: bool)`` returning its Section(s); ``stack`` (on
 the Celery stack) writes two: orchestration and scale-out.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -24,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.services: the integration servers
 
-from common import update_benchmarks_md, write_result
+from common import RESULTS_DIR, update_benchmarks_md, write_result
 
 BENCHMARKS = ("training", "etl", "serving", "stack")
 
@@ -32,6 +34,7 @@ BENCHMARKS = ("training", "etl", "serving", "stack")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 10 minutes)")
+    parser.add_argument("--render", action="store_true", help="re-write the tables from the saved results only")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHMARKS)
@@ -39,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
 
+    if args.render:
+        for name in chosen:
+            module = importlib.import_module(f"bench_{name}")
+            saved = {path.stem: json.loads(path.read_text()) for path in RESULTS_DIR.glob("*.json")}
+            for section in module.render(saved):
+                result = saved[section.name]
+                update_benchmarks_md(section, quick=result["quick"], facts=result["machine"])
+                print(section.markdown, flush=True)
+        return 0
     failed = []
     total_started = time.monotonic()
     for name in chosen:
