@@ -22,8 +22,11 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
-RESULTS_DIR = BENCH_DIR / "results"
-BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+# BENCH_OUT=<dir> sends the results and a copy of BENCHMARKS.md there instead (e.g. to time a quick run without
+# replacing the committed full-run tables).
+_OUT = Path(os.environ["BENCH_OUT"]) if os.environ.get("BENCH_OUT") else None
+RESULTS_DIR = _OUT / "results" if _OUT else BENCH_DIR / "results"
+BENCHMARKS_MD = _OUT / "BENCHMARKS.md" if _OUT else REPO_ROOT / "BENCHMARKS.md"
 PYTHON = sys.executable
 
 
@@ -177,7 +180,9 @@ def update_benchmarks_md(
     """Replace the text between this section's markers in BENCHMARKS.md (written atomically). ``facts``: the
     machine facts of when it was measured (default: now)."""
     start, end = _markers(section.name)
-    text = path.read_text() if path.exists() else ""
+    source = path if path.exists() else REPO_ROOT / "BENCHMARKS.md"
+    text = source.read_text() if source.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
     facts = facts or machine()
     stamp = (
         f"_Measured {facts['date']} at commit `{facts['commit']}` "
