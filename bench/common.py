@@ -97,7 +97,16 @@ def interleaved(functions: dict[str, Callable[[], Any]], repeats: int, warmup: i
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (Linux reports KiB)."""
+    """This process's peak resident set size so far.
+
+    From /proc/self/status (VmHWM): getrusage's ru_maxrss survives exec on Linux, so a child started from a big
+    parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
