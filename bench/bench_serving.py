@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, Section, Stats, interleaved, markdown_table, ratio, stats
+from common import PYTHON, Section, Stats, interleaved, jsonable, markdown_table, ratio, stats
+
+from mlpipeline.localstack import free_port
 
 MODEL_NAME = "churn_classifier"
 ALIAS = "champion"
@@ -467,12 +469,6 @@ def _server_env(tracking_uri: str) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_healthy(server: Server, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -486,39 +482,44 @@ def _wait_healthy(server: Server, path: str, timeout: float) -> None:
     raise RuntimeError(f"{server.name} not healthy after {timeout:.0f} s: {server.log_path.read_text()[-3000:]}")
 
 
-def start_ours(store: Store) -> Server:
-    port = _free_port()
-    log_path = store.root / "ours.log"
+def _spawn(store: Store, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start a server process in its own session, logging to ``<store>/<name>.log``."""
+    log_path = store.root / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                *(PYTHON, "-m", "mlpipeline.serving", "--port", str(port), "--poll-seconds", str(POLL_SECONDS)),
-                *("--model-name", MODEL_NAME, "--alias", ALIAS, "--log-level", "warning"),
-            ],
+            argv,
             env=_server_env(store.tracking_uri),
             cwd=store.root,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return process, log_path
+
+
+def start_ours(store: Store) -> Server:
+    port = free_port()
+    process, log_path = _spawn(
+        store,
+        "ours",
+        [
+            *(PYTHON, "-m", "mlpipeline.serving", "--port", str(port), "--poll-seconds", str(POLL_SECONDS)),
+            *("--model-name", MODEL_NAME, "--alias", ALIAS, "--log-level", "warning"),
+        ],
+    )
     return Server("ours", process, "127.0.0.1", port, "/predict", log_path, ours_body)
 
 
 def start_mlflow(store: Store) -> Server:
-    port = _free_port()
-    log_path = store.root / "mlflow.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                *(str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@{ALIAS}"),
-                *("--env-manager", "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port)),
-            ],
-            env=_server_env(store.tracking_uri),
-            cwd=store.root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    port = free_port()
+    process, log_path = _spawn(
+        store,
+        "mlflow",
+        [
+            *(str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@{ALIAS}"),
+            *("--env-manager", "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port)),
+        ],
+    )
     columns = list(store.columns)
     return Server(
         "mlflow", process, "127.0.0.1", port, "/invocations", log_path, lambda rows: mlflow_body(rows, columns)
@@ -873,17 +874,7 @@ def run(quick: bool) -> Section:
             results["floor"] = measure_floor(store, plan)
             results["swap"] = measure_swap(ours, store, plan)
     markdown = render(results, plan)
-    return Section(name="serving", markdown=markdown, data=_jsonable(results))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Stats):
-        return value.to_dict()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+    return Section(name="serving", markdown=markdown, data=jsonable(results))
 
 
 if __name__ == "__main__":

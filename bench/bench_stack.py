@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import PYTHON, REPO_ROOT, Section, Stats, markdown_table, ratio, run_json, stats
+from common import PYTHON, REPO_ROOT, Section, Stats, jsonable, markdown_table, ratio, run_json, stats
 
 from mlpipeline.localstack import AirflowClient, ManagedProcess
-from mlpipeline.stack import Postgres, ProcessStack, Redis, local_argv
-from tests.services import databases, postgres_server, redis_database, redis_server
+from mlpipeline.stack import ProcessStack, local_argv
+from tests.services import process_stack
 
 DAG = "ml_pipeline"
 NOOP_DAG = "bench_noop_chain"
@@ -75,27 +75,16 @@ def _dags_folder(root: Path) -> Path:
 @contextlib.contextmanager
 def celery_stack(root: Path, **variables: str) -> Iterator[tuple[ProcessStack, AirflowClient]]:
     """The compose services as processes on this machine's PostgreSQL/Redis (or throwaway ones), fresh databases."""
-    with (
-        postgres_server() as pg,
-        databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
-        redis_server() as rd,
-        redis_database(rd) as redis_db,
-    ):
-        stack = ProcessStack(
-            root=root,
-            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
-            redis=Redis(rd.host, rd.port, redis_db),
-            overrides={"AIRFLOW_DAGS_DIR": str(_dags_folder(root)), **variables},
-        )
-        with stack:
-            started = time.monotonic()
-            stack.up()
-            secrets = stack.variables()
-            client = AirflowClient(stack.api_url, secrets["AIRFLOW_ADMIN_USERNAME"], secrets["AIRFLOW_ADMIN_PASSWORD"])
-            client.wait_for_dag(DAG)
-            client.wait_for_dag(NOOP_DAG)
-            print(f"   stack up in {time.monotonic() - started:.0f} s", flush=True)
-            yield stack, client
+    overrides = {"AIRFLOW_DAGS_DIR": str(_dags_folder(root)), **variables}
+    with process_stack(root, overrides) as stack, stack:
+        started = time.monotonic()
+        stack.up()
+        secrets = stack.variables()
+        client = AirflowClient(stack.api_url, secrets["AIRFLOW_ADMIN_USERNAME"], secrets["AIRFLOW_ADMIN_PASSWORD"])
+        client.wait_for_dag(DAG)
+        client.wait_for_dag(NOOP_DAG)
+        print(f"   stack up in {time.monotonic() - started:.0f} s", flush=True)
+        yield stack, client
 
 
 def _time(value: str | None) -> datetime:
@@ -546,20 +535,13 @@ def run(quick: bool) -> list[Section]:
                         )
                     )
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, Stats):
-            return value.to_dict()
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(item) for item in value]
-        return value
-
     return [
         Section(
             "orchestration",
             orchestration_markdown(by_size, floor, idle, rss, variants),
-            plain({"by_size": by_size, "floor": floor, "idle_cpu": idle, "worker_rss_mib": rss, "variants": variants}),
+            jsonable(
+                {"by_size": by_size, "floor": floor, "idle_cpu": idle, "worker_rss_mib": rss, "variants": variants}
+            ),
         ),
-        Section("scaleout", scale_out_markdown(fan, fan_rows), plain({"rows": fan_rows, **fan})),
+        Section("scaleout", scale_out_markdown(fan, fan_rows), jsonable({"rows": fan_rows, **fan})),
     ]

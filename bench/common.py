@@ -65,6 +65,17 @@ def stats(values: Sequence[float]) -> Stats:
     return Stats(tuple(float(v) for v in values))
 
 
+def jsonable(value: Any) -> Any:
+    """Measurements as plain JSON: Stats become their dict (median, min, max, n, values), recursively."""
+    if isinstance(value, Stats):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def ratio(numerator: Stats, denominator: Stats) -> float:
     """Ratio of medians (each side is already a median over repeats)."""
     return numerator.median / denominator.median if denominator.median else float("inf")

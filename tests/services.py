@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from mlpipeline.stack import Postgres, ProcessStack, Redis
+
 
 @dataclass(frozen=True)
 class PostgresTarget:
@@ -148,3 +150,20 @@ def redis_database(target: RedisTarget) -> Iterator[int]:
         yield number
     finally:
         client.flushdb()
+
+
+@contextlib.contextmanager
+def process_stack(root: Path, overrides: dict[str, str]) -> Iterator[ProcessStack]:
+    """The production stack (not started) on fresh databases and a fresh Redis DB of the servers above."""
+    with (
+        postgres_server() as pg,
+        databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
+        redis_server() as rd,
+        redis_database(rd) as redis_db,
+    ):
+        yield ProcessStack(
+            root=root,
+            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
+            redis=Redis(rd.host, rd.port, redis_db),
+            overrides=overrides,
+        )

@@ -28,7 +28,7 @@ from mlpipeline.stack import (
     local_argv,
     resolve_services,
 )
-from tests.services import databases, postgres_server, redis_database, redis_server
+from tests.services import process_stack
 
 pytestmark = pytest.mark.airflow
 DAG = "ml_pipeline"
@@ -108,18 +108,8 @@ def test_every_queue_the_dag_uses_is_served_by_a_compose_worker() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
-    with (
-        postgres_server() as pg,
-        databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
-        redis_server() as rd,
-        redis_database(rd) as redis_db,
-    ):
-        running = ProcessStack(
-            root=tmp_path_factory.mktemp("prodstack"),
-            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
-            redis=Redis(rd.host, rd.port, redis_db),
-            overrides={"ML_PIPELINE_MAX_ACTIVE_RUNS": "4", "TRAINING_POOL_SLOTS": "1", "DATASOURCE_ROWS": "3000"},
-        )
+    overrides = {"ML_PIPELINE_MAX_ACTIVE_RUNS": "4", "TRAINING_POOL_SLOTS": "1", "DATASOURCE_ROWS": "3000"}
+    with process_stack(tmp_path_factory.mktemp("prodstack"), overrides) as running:
         try:
             running.up()
             yield running

@@ -225,7 +225,7 @@ def _jsonl_tables(path: Path) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
-def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+def rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
     """Re-slice a stream of tables into tables of exactly ``rows`` rows (the last one may be shorter)."""
     pending: list[pa.Table] = []
     count = 0
@@ -248,7 +248,7 @@ def _indexed(frame: pd.DataFrame, start: int) -> pd.DataFrame:
 def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     done = 0
     try:
-        for table in _rechunk(_jsonl_tables(path), chunk_rows):
+        for table in rechunk(_jsonl_tables(path), chunk_rows):
             frame = _indexed(_arrow_to_text_frame(table), done)
             done += len(frame)
             yield frame
@@ -277,7 +277,7 @@ def iter_raw(data_path: str | os.PathLike[str], format: str, chunk_rows: int = 1
     elif format == "parquet":
         parquet = pq.ParquetFile(path)
         done = 0
-        for table in _rechunk((pa.Table.from_batches([b]) for b in parquet.iter_batches(chunk_rows)), chunk_rows):
+        for table in rechunk((pa.Table.from_batches([b]) for b in parquet.iter_batches(chunk_rows)), chunk_rows):
             yield _indexed(_arrow_to_text_frame(table), done)
             done += table.num_rows
     else:

@@ -32,7 +32,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema, PipelineConfig
-from mlpipeline.crawl import iter_raw
+from mlpipeline.crawl import iter_raw, rechunk
 from mlpipeline.features import add_date_parts
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
 
@@ -126,21 +126,6 @@ class _FastReaderGaveUp(Exception):
     """The Arrow CSV reader cannot read this file the way pandas does; read it with pandas instead."""
 
 
-def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Re-slice a stream of tables into tables of exactly ``rows`` rows (the last one may be shorter)."""
-    pending: list[pa.Table] = []
-    count = 0
-    for table in tables:
-        pending.append(table)
-        count += table.num_rows
-        while count >= rows:
-            combined = pa.concat_tables(pending)
-            yield combined.slice(0, rows)
-            pending, count = [combined.slice(rows)], count - rows
-    if count:
-        yield pa.concat_tables(pending)
-
-
 def _arrow_csv_chunks(path: str, chunk_rows: int) -> Iterator[pa.Table]:
     """The CSV as ``read_csv(dtype=str)`` sees it, parsed by Arrow's C++ reader (several times faster)."""
     try:
@@ -168,7 +153,7 @@ def _arrow_csv_chunks(path: str, chunk_rows: int) -> Iterator[pa.Table]:
             raise _FastReaderGaveUp(str(exc)) from exc
 
     empty = True
-    for table in _rechunk(batches(), chunk_rows):
+    for table in rechunk(batches(), chunk_rows):
         empty = False
         yield table
     if empty:  # a header without rows: the columns are still checked
