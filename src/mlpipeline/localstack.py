@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -41,10 +42,20 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for port 0 is also handed to other
+# processes' outgoing connections, which can take it between choosing it and the service binding it.
+_SERVICE_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free on 127.0.0.1 now, outside the ephemeral range, not handed out before by this process."""
+    for _ in range(500):
+        port = random.choice(_SERVICE_PORTS)
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
+    raise StackError(f"no free port in {_SERVICE_PORTS.start}-{_SERVICE_PORTS.stop - 1} after 500 tries")
 
 
 def new_fernet_key() -> str:
