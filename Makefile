@@ -47,7 +47,7 @@ bench-quick: $(STAMP) $(MLFLOW_STAMP) $(BENCH_STAMP)
 # The production stack (docker-compose.yaml) as local processes against a given PostgreSQL and Redis:
 #   POSTGRES_HOST/PORT/USER/PASSWORD, AIRFLOW_DB_NAME, MLFLOW_DB_NAME (databases must exist), REDIS_HOST/PORT/DB.
 stack: $(STAMP) $(MLFLOW_STAMP)
-	$(BIN)/python -m mlpipeline.stack up
+	$(BIN)/python -m mlpipeline.dev.stack up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,7 +24,7 @@ BIG_ROWS = 10_000_000
 
 _GENERATE = """
 import sys
-from mlpipeline.datasource import generate_churn_dataset, to_csv_bytes
+from mlpipeline.dev.datasource import generate_churn_dataset, to_csv_bytes
 rows, path = int(sys.argv[1]), sys.argv[2]
 with open(path, "wb") as handle:
     handle.write(to_csv_bytes(generate_churn_dataset(rows, seed=7)))
@@ -120,7 +120,7 @@ def run(quick: bool) -> Section:
 
     top = ", ".join(f"`{f['function']}` {f['own_seconds']:.2f} s" for f in profiled["top"][:6])
     markdown = f"""
-**What is compared.** The ETL stage (`mlpipeline.etl.etl`, chunks of `etl_chunk_rows`=250 000 rows) against
+**What is compared.** The ETL stage (`mlpipeline.stages.etl.etl`, chunks of `etl_chunk_rows`=250 000 rows) against
 small reference scripts doing the same cleaning on the same raw CSV (`bench/etl_reference/`): pandas (pyarrow CSV
 engine, Arrow-backed strings, all in memory), polars and DuckDB (both multithreaded). The **baseline** at each size
 is the fastest of the three peers in the same run; the ratio is ours / that peer (median seconds). Our stage does a

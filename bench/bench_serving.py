@@ -37,7 +37,7 @@ from typing import Any
 
 from common import PYTHON, Section, Stats, interleaved, jsonable, markdown_table, ratio, stats
 
-from mlpipeline.localstack import free_port
+from mlpipeline.dev.localstack import free_port
 
 MODEL_NAME = "churn_classifier"
 ALIAS = "champion"
@@ -364,10 +364,10 @@ def build_store(root: Path) -> Store:
     from threadpoolctl import threadpool_limits
 
     from mlpipeline.config import build_config
-    from mlpipeline.datasource import generate_churn_dataset, to_csv_bytes
-    from mlpipeline.etl import etl
+    from mlpipeline.dev.datasource import generate_churn_dataset, to_csv_bytes
     from mlpipeline.payload import json_rows
-    from mlpipeline.train import load_holdout, train
+    from mlpipeline.stages.etl import etl
+    from mlpipeline.stages.train import load_holdout, train
 
     settings = {
         "data_dir": str(root / "data"),

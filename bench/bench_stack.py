@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 from common import PYTHON, REPO_ROOT, Section, Stats, jsonable, markdown_table, ratio, run_json, stats
 
-from mlpipeline.localstack import AirflowClient, ManagedProcess
-from mlpipeline.stack import ProcessStack, local_argv
+from mlpipeline.dev.localstack import AirflowClient, ManagedProcess
+from mlpipeline.dev.stack import ProcessStack, local_argv
 from tests.services import process_stack
 
 DAG = "ml_pipeline"

@@ -27,9 +27,9 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from mlpipeline.config import DatasetSchema, ModelType, PipelineConfig, build_config
-from mlpipeline.datasource import generate_churn_dataset, to_parquet_bytes
-from mlpipeline.etl import etl
-from mlpipeline.train import build_pipeline, features_and_target, train
+from mlpipeline.dev.datasource import generate_churn_dataset, to_parquet_bytes
+from mlpipeline.stages.etl import etl
+from mlpipeline.stages.train import build_pipeline, features_and_target, train
 
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 TARGET_OVERHEAD = 0.05

@@ -15,15 +15,15 @@ from email.message import EmailMessage
 
 PROCESS_STARTED = time.perf_counter()
 
-from mlpipeline import notify  # noqa: E402
 from mlpipeline.config import PipelineConfig, build_config  # noqa: E402
-from mlpipeline.crawl import crawl  # noqa: E402
-from mlpipeline.deploy import deploy  # noqa: E402
-from mlpipeline.etl import etl  # noqa: E402
-from mlpipeline.monitor import monitor  # noqa: E402
+from mlpipeline.stages import notify  # noqa: E402
+from mlpipeline.stages.crawl import crawl  # noqa: E402
+from mlpipeline.stages.deploy import deploy  # noqa: E402
+from mlpipeline.stages.etl import etl  # noqa: E402
+from mlpipeline.stages.monitor import monitor  # noqa: E402
+from mlpipeline.stages.train import check_candidates, train  # noqa: E402
+from mlpipeline.stages.validate import select_best, validate  # noqa: E402
 from mlpipeline.storage import DataLayout, atomic_write_json  # noqa: E402
-from mlpipeline.train import check_candidates, train  # noqa: E402
-from mlpipeline.validate import select_best, validate  # noqa: E402
 
 
 def send(config: PipelineConfig, email: notify.Email, host: str, port: int) -> None:

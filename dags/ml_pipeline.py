@@ -14,8 +14,8 @@ from airflow.providers.smtp.hooks.smtp import SmtpHook
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TriggerRule, Variable, dag, get_current_context, task
 
-from mlpipeline import notify
 from mlpipeline.config import ConfigError, PipelineConfig, build_config, load_config, read_config
+from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, atomic_write_json, run_key
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def ml_pipeline() -> None:
     @task(retries=0)
     def start() -> Record:
         """Resolve Variables + run conf into one validated config, frozen for the whole run."""
-        from mlpipeline.train import check_candidates
+        from mlpipeline.stages.train import check_candidates
 
         context = get_current_context()
         overrides = dict(context["dag_run"].conf or {})
@@ -167,7 +167,7 @@ def ml_pipeline() -> None:
 
     @task(retries=3, retry_delay=timedelta(seconds=10), queue=QUEUE_IO)
     def crawl_data(record: Record) -> Record:
-        from mlpipeline.crawl import CrawlError, crawl
+        from mlpipeline.stages.crawl import CrawlError, crawl
 
         try:
             return {**record, "crawl": crawl(read_config(record["config_path"]), record["run"]).to_dict()}
@@ -179,7 +179,7 @@ def ml_pipeline() -> None:
 
     @task
     def etl(record: Record) -> Record:
-        from mlpipeline.etl import EtlError, etl
+        from mlpipeline.stages.etl import EtlError, etl
 
         raw = record["crawl"]
         try:
@@ -203,7 +203,7 @@ def ml_pipeline() -> None:
     def train_model(record: Record, candidate: dict[str, Any]) -> Record:
         """One mapped instance per candidate: they run in parallel across training workers (pool permitting)."""
         from mlpipeline.config import Candidate
-        from mlpipeline.train import TrainError, train
+        from mlpipeline.stages.train import TrainError, train
 
         context = get_current_context()
         context["candidate_name"] = candidate["name"]  # type: ignore[typeddict-unknown-key]  # labels the map index
@@ -223,8 +223,8 @@ def ml_pipeline() -> None:
     @task.branch(retries=1, queue=QUEUE_TRAINING)
     def validate_model(trained: list[Record]) -> str:
         """Pick the best candidate, then decide: deploy it, or alert that a retrain is needed."""
-        from mlpipeline.train import TrainResult
-        from mlpipeline.validate import select_best, validate
+        from mlpipeline.stages.train import TrainResult
+        from mlpipeline.stages.validate import select_best, validate
 
         records = list(trained)
         config = read_config(records[0]["config_path"])
@@ -238,9 +238,9 @@ def ml_pipeline() -> None:
 
     @task(retries=1, queue=QUEUE_IO)
     def deploy_model() -> Record:
-        from mlpipeline.deploy import deploy
-        from mlpipeline.train import TrainResult
-        from mlpipeline.validate import ValidationDecision
+        from mlpipeline.stages.deploy import deploy
+        from mlpipeline.stages.train import TrainResult
+        from mlpipeline.stages.validate import ValidationDecision
 
         record = _decided()
         result = deploy(
@@ -253,7 +253,7 @@ def ml_pipeline() -> None:
 
     @task(retries=1)
     def monitor(record: Record) -> Record:
-        from mlpipeline.monitor import monitor
+        from mlpipeline.stages.monitor import monitor
 
         config = read_config(record["config_path"])
         trained, deployed = record["train"], record["deploy"]

@@ -2,7 +2,7 @@
 stack (SQLite + LocalExecutor, MLflow on SQLite), then print what happened.
 
 Environment: DEMO_CONF (JSON run conf, e.g. '{"accuracy_threshold": 0.99}'), DEMO_DIR (state, default .demo/),
-DEMO_DATA_DIR (default data/), DEMO_*_PORT (see mlpipeline.localstack.Ports), DEMO_TIMEOUT (seconds).
+DEMO_DATA_DIR (default data/), DEMO_*_PORT (see mlpipeline.dev.localstack.Ports), DEMO_TIMEOUT (seconds).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import httpx
 import pandas as pd
 
 from mlpipeline.config import read_config
-from mlpipeline.localstack import REPO_ROOT, AirflowClient, LocalStack, Ports, StackError
-from mlpipeline.mailcatcher import read_mailbox
+from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient, LocalStack, Ports, StackError
+from mlpipeline.dev.mailcatcher import read_mailbox
 from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, read_json, run_key
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlpipeline.localstack import LocalStack, Ports
+from mlpipeline.dev.localstack import LocalStack, Ports
 from tests import services
 
 
@@ -66,6 +66,6 @@ def served_version(stack: LocalStack) -> str | None:
 
 
 def mailbox_subjects(stack: LocalStack) -> list[str]:
-    from mlpipeline.mailcatcher import read_mailbox
+    from mlpipeline.dev.mailcatcher import read_mailbox
 
     return [str(m["subject"]) for m in read_mailbox(stack.mail_dir)] if Path(stack.mail_dir).exists() else []

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mlpipeline.config import PipelineConfig, build_config
-from mlpipeline.datasource import generate_churn_dataset, to_csv_bytes
-from mlpipeline.etl import EtlResult, etl
+from mlpipeline.dev.datasource import generate_churn_dataset, to_csv_bytes
+from mlpipeline.stages.etl import EtlResult, etl
 
 
 @dataclass(frozen=True)

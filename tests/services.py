@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from mlpipeline.stack import Postgres, ProcessStack, Redis
+from mlpipeline.dev.stack import Postgres, ProcessStack, Redis
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipeline.localstack import REPO_ROOT, Ports
+from mlpipeline.dev.localstack import REPO_ROOT, Ports
 
 pytestmark = pytest.mark.airflow
 

@@ -14,7 +14,7 @@ import uuid
 from _common import report
 
 from mlpipeline.config import build_config
-from mlpipeline.etl import etl
+from mlpipeline.stages.etl import etl
 
 
 def main(source: str, out_dir: str, profile_top: int = 0) -> None:

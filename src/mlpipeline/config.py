@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+
 ColumnType = Literal["numeric", "integer", "categorical", "boolean", "date"]
 ModelType = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
 MetricName = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc"]
@@ -193,8 +195,8 @@ class PipelineConfig(BaseModel):
         description="Where a new experiment stores artifacts; null lets the tracking server decide.",
     )
     mlflow_experiment: str = Field(default="ml_pipeline", min_length=1)
-    registered_model_name: str = Field(default="churn_classifier", min_length=1)
-    champion_alias: str = Field(default="champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, min_length=1)
+    champion_alias: str = Field(default=DEFAULT_ALIAS, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     serving_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the model server.")
     serving_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long deploy waits for the endpoint to pick up a new model."

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mlpipeline.config import build_config
-from mlpipeline.etl import EtlError, etl
+from mlpipeline.stages.etl import EtlError, etl
 
 SCHEMA = {
     "target": "label",
@@ -177,6 +177,6 @@ def test_imputation_uses_the_median_of_all_rows_not_of_a_chunk(tmp_path: Path) -
 def test_python_whitespace_list_is_complete() -> None:
     import sys
 
-    from mlpipeline.etl import PYTHON_WHITESPACE
+    from mlpipeline.stages.etl import PYTHON_WHITESPACE
 
     assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == PYTHON_WHITESPACE

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipeline.config import ConfigError
-from mlpipeline.etl import EtlResult
-from mlpipeline.train import TrainError, check_candidates, evaluate, features_and_target, train
-from mlpipeline.validate import select_best
+from mlpipeline.stages.etl import EtlResult
+from mlpipeline.stages.train import TrainError, check_candidates, evaluate, features_and_target, train
+from mlpipeline.stages.validate import select_best
 from tests.pipeline_data import Workspace, workspace
 
 
@@ -171,7 +171,7 @@ def test_numeric_imputer_fills_exactly_the_medians_sklearn_median_strategy_would
     from sklearn.impute import SimpleImputer
 
     from mlpipeline.config import default_schema
-    from mlpipeline.train import build_pipeline
+    from mlpipeline.stages.train import build_pipeline
 
     schema = default_schema()
     features, target = features_and_target(pd.read_parquet(processed.data_path), schema)

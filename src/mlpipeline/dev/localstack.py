@@ -25,7 +25,7 @@ import httpx
 
 from mlpipeline.storage import atomic_write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class StackError(RuntimeError):
@@ -322,7 +322,7 @@ class LocalStack:
             [
                 python,
                 "-m",
-                "mlpipeline.datasource",
+                "mlpipeline.dev.datasource",
                 "--port",
                 str(self.ports.datasource),
                 "--rows",
@@ -331,7 +331,7 @@ class LocalStack:
         ).wait_until(http_ok(f"{self.datasource_url}/health"), 60, "health check")
         self._spawn(
             "mailcatcher",
-            [python, "-m", "mlpipeline.mailcatcher", "--port", str(self.ports.smtp), "--dir", str(self.mail_dir)],
+            [python, "-m", "mlpipeline.dev.mailcatcher", "--port", str(self.ports.smtp), "--dir", str(self.mail_dir)],
         ).wait_until(tcp_open(self.ports.smtp), 30, "SMTP port")
         self._spawn(
             "serving",

@@ -11,9 +11,9 @@ from typing import Any
 import mlflow
 
 from mlpipeline.config import PipelineConfig
-from mlpipeline.mlflow_utils import champion_version, use_tracking
+from mlpipeline.registry import champion_version, use_tracking
+from mlpipeline.stages.train import TrainResult, evaluate, load_holdout
 from mlpipeline.storage import DataLayout, atomic_write_json
-from mlpipeline.train import TrainResult, evaluate, load_holdout
 
 RECORD_FILE = "validate.json"
 

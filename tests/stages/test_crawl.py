@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from mlpipeline.config import PipelineConfig, build_config
-from mlpipeline.crawl import CrawlError, CrawlResult, crawl, detect_format, iter_raw, read_raw
-from mlpipeline.datasource import COLUMNS, DataSourceServer, serialize
+from mlpipeline.dev.datasource import COLUMNS, DataSourceServer, serialize
+from mlpipeline.stages.crawl import CrawlError, CrawlResult, crawl, detect_format, iter_raw, read_raw
 from mlpipeline.storage import DataLayout, sha256_file
 
 ROWS = 1500
@@ -451,14 +451,14 @@ def test_read_raw_jsonl_keeps_the_source_text(tmp_path: Path) -> None:
 def test_iter_raw_jsonl_falls_back_mid_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import mlpipeline.crawl as crawl_module
+    import mlpipeline.stages.crawl as crawl_module
 
     # The type of "a" changes after many lines: the streaming fast path fails after delivering some chunks,
     # and the pandas path must continue exactly where it stopped.
     records = [{"i": i, "a": None if i < 2000 else f"x{i}"} for i in range(3000)]
     path = _jsonl(tmp_path / "late.jsonl", records)
     monkeypatch.setattr(crawl_module, "_JSON_BLOCK", 4096)
-    with caplog.at_level(logging.DEBUG, logger="mlpipeline.crawl"):
+    with caplog.at_level(logging.DEBUG, logger="mlpipeline.stages.crawl"):
         chunks = list(iter_raw(path, "jsonl", chunk_rows=500))
     assert "reading it with pandas" in caplog.text  # the fast path really gave up half-way
     frame = pd.concat(chunks)

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from mlpipeline.deploy import DeployError, deploy
-from mlpipeline.localstack import free_port
+from mlpipeline.dev.localstack import free_port
 from mlpipeline.serving import create_app, serve_in_thread
-from mlpipeline.train import TrainResult, train
-from mlpipeline.validate import ValidationDecision, validate
+from mlpipeline.stages.deploy import DeployError, deploy
+from mlpipeline.stages.train import TrainResult, train
+from mlpipeline.stages.validate import ValidationDecision, validate
 from tests.pipeline_data import Workspace, workspace
 
 MODEL = "churn_classifier"

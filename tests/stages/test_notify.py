@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from mlpipeline import notify
+from mlpipeline.stages import notify
 
 VALIDATION = {
     "deploy": True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from mlpipeline.localstack import LocalStack
+from mlpipeline.dev.localstack import LocalStack
 from mlpipeline.storage import DataLayout, read_json, run_key
 from tests.conftest import dags_test, mailbox_subjects, query, served_version
 

@@ -15,11 +15,11 @@ import numpy as np
 from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
-from mlpipeline.mlflow_utils import champion_version, use_tracking
 from mlpipeline.payload import json_rows
+from mlpipeline.registry import champion_version, use_tracking
+from mlpipeline.stages.train import TrainResult, load_holdout
+from mlpipeline.stages.validate import ValidationDecision
 from mlpipeline.storage import DataLayout, atomic_write_json
-from mlpipeline.train import TrainResult, load_holdout
-from mlpipeline.validate import ValidationDecision
 
 RECORD_FILE = "deploy.json"
 

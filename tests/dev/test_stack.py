@@ -14,9 +14,9 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from mlpipeline.localstack import REPO_ROOT, AirflowClient
-from mlpipeline.mailcatcher import read_mailbox
-from mlpipeline.stack import (
+from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient
+from mlpipeline.dev.mailcatcher import read_mailbox
+from mlpipeline.dev.stack import (
     EXTERNAL_SERVICES,
     INIT_SERVICE,
     LOCAL_ONLY_FLAGS,

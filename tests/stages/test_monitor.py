@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
-from mlpipeline.monitor import (
+from mlpipeline.serving import ServerThread, create_app
+from mlpipeline.stages.monitor import (
     MonitorError,
     categorical_psi,
     drift_report,
@@ -21,7 +22,6 @@ from mlpipeline.monitor import (
     monitor,
     population_stability_index,
 )
-from mlpipeline.serving import ServerThread, create_app
 from mlpipeline.storage import read_json, run_key
 from tests import model_factory as mf
 from tests.model_factory import FEATURES, TARGET, LoggedModel, Registry

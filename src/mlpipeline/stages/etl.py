@@ -32,8 +32,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema, PipelineConfig
-from mlpipeline.crawl import iter_raw, rechunk
+from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
 from mlpipeline.features import add_date_parts
+from mlpipeline.stages.crawl import iter_raw, rechunk
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
 
 FEATURES_FILE = "features.parquet"
@@ -44,8 +45,6 @@ TARGET_LABEL_COLUMN = "_target_label"
 _STAGING_FILE = ".staging.parquet"
 _OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
 
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
 # Blank-ish values sources use for "nothing"; they count as missing after stripping.
 _MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>"])
 # What Python's str.strip() removes (every character whose isspace() is true); a test checks the list.
@@ -161,7 +160,7 @@ def _arrow_csv_chunks(path: str, chunk_rows: int) -> Iterator[pa.Table]:
 
 
 def _pandas_chunks(path: str, fmt: str, chunk_rows: int) -> Iterator[pa.Table]:
-    """The snapshot through :func:`mlpipeline.crawl.iter_raw` (the reference reader), as Arrow text columns."""
+    """The snapshot through :func:`mlpipeline.stages.crawl.iter_raw` (the reference reader), as Arrow text columns."""
     columns: list[str] | None = None
     try:
         for frame in iter_raw(path, fmt, chunk_rows):
@@ -283,8 +282,8 @@ def _coerce_column(raw: pa.Array, spec: ColumnSpec) -> _Typed:
             _flag(codes, reasons, present & ~known, f"{spec.name}: unknown category")
     elif spec.type == "boolean":
         lowered = pc.utf8_lower(text)
-        is_true = _mask(pc.is_in(lowered, value_set=pa.array(sorted(_TRUE))))
-        is_false = _mask(pc.is_in(lowered, value_set=pa.array(sorted(_FALSE))))
+        is_true = _mask(pc.is_in(lowered, value_set=pa.array(sorted(TRUE_TOKENS))))
+        is_false = _mask(pc.is_in(lowered, value_set=pa.array(sorted(FALSE_TOKENS))))
         values = pa.array(is_true, mask=~(is_true | is_false))
         _flag(codes, reasons, present & ~(is_true | is_false), f"{spec.name}: not a boolean")
     elif spec.type == "date":

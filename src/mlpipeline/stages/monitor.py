@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from mlpipeline.config import ColumnType, DatasetSchema, PipelineConfig
+from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
 from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, atomic_write_json, run_key
 
@@ -108,7 +109,7 @@ def _booleans_as_labels(values: pd.Series) -> pd.Series:
     def label(value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip().lower()
-            return "true" if text in ("true", "1", "yes") else "false" if text in ("false", "0", "no") else None
+            return "true" if text in TRUE_TOKENS else "false" if text in FALSE_TOKENS else None
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         return "true" if bool(value) else "false"
@@ -409,7 +410,7 @@ def _record_to_mlflow(config: PipelineConfig, run: str, report: dict[str, Any], 
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from mlpipeline.mlflow_utils import ensure_experiment
+    from mlpipeline.registry import ensure_experiment
 
     # An explicit client, not the process-global fluent API: nothing leaks into other stages in this process.
     client = MlflowClient(tracking_uri=config.mlflow_tracking_uri, registry_uri=config.mlflow_tracking_uri)
@@ -459,7 +460,7 @@ def _superseded_by(config: PipelineConfig, expected_version: str | None) -> str 
     """The champion's version if a later deployment has replaced ``expected_version`` since, else None."""
     if expected_version is None:
         return None
-    from mlpipeline.mlflow_utils import champion_version, use_tracking
+    from mlpipeline.registry import champion_version, use_tracking
 
     champion = champion_version(use_tracking(config), config)
     if champion is None or int(champion.version) <= int(expected_version):

@@ -4,7 +4,7 @@ Each compose service's entrypoint + command and environment are interpolated the
 (``${VAR:-default}``), with hosts set to 127.0.0.1, free ports and a given PostgreSQL and Redis, and run as a
 local process. What differs locally is listed in :data:`LOCAL_ONLY_FLAGS` and nowhere else.
 
-    python -m mlpipeline.stack up      # foreground; Ctrl-C stops everything (``make stack``)
+    python -m mlpipeline.dev.stack up      # foreground; Ctrl-C stops everything (``make stack``)
 
 Nothing here imports Airflow.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from mlpipeline.localstack import REPO_ROOT, ManagedProcess, StackError, free_port, new_fernet_key, stored_secrets
+from mlpipeline.dev.localstack import REPO_ROOT, ManagedProcess, StackError, free_port, new_fernet_key, stored_secrets
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 # Given to the stack (the machine's own servers, or managed ones), not started by it.
@@ -329,7 +329,7 @@ class ProcessStack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlpipeline.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.dev.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up"])
     parser.add_argument("--root", default=str(REPO_ROOT / ".stack"), help="state and logs (default .stack/)")
     args = parser.parse_args(argv)

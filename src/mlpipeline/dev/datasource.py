@@ -9,7 +9,7 @@ It is the demo's default source and the tests' fixture, so it behaves like a rea
 * :class:`DataSourceServer` serves the data over HTTP (whole files with ETag/Last-Modified and 304s, plus two
   paginated JSON APIs), with runtime switches for failures, delays, drift and version bumps.
 
-Run it standalone with ``python -m mlpipeline.datasource --port 8765``.
+Run it standalone with ``python -m mlpipeline.dev.datasource --port 8765``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -716,9 +718,9 @@ class DataSourceServer:
             if (value := one("seed")) is not None:
                 updates["seed"] = _seed(value)
             if (value := one("drift")) is not None:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                if value.lower() not in TRUE_TOKENS | FALSE_TOKENS:
                     raise ValueError(f"drift must be 1 or 0, got {value!r}")
-                updates["drift"] = value.lower() in ("1", "true", "yes")
+                updates["drift"] = value.lower() in TRUE_TOKENS
             for name, upper in (("missing_rate", 1.0), ("malformed_rate", 1.0), ("duplicate_rate", 0.5)):
                 if (value := one(name)) is not None:
                     updates[name] = _check_rate(name, float(value), upper)
@@ -976,7 +978,7 @@ def _envelope(field_name: str, rows: pd.DataFrame, extra: dict[str, Any]) -> byt
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mlpipeline.datasource", description="Serve the synthetic customer-churn dataset over HTTP."
+        prog="python -m mlpipeline.dev.datasource", description="Serve the synthetic customer-churn dataset over HTTP."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")

@@ -41,12 +41,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, FALSE_TOKENS, TRUE_TOKENS
 from mlpipeline.features import DATE_PARTS, DateParts
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "churn_classifier"
-DEFAULT_ALIAS = "champion"
 DEFAULT_POLL_SECONDS = 10.0
 DEFAULT_MAX_ROWS = 10_000
 # Above this many rows the (pure Python) validation runs in the thread pool instead of blocking the event loop.
@@ -126,10 +125,6 @@ def _to_str(value: Any) -> str:
     raise _BadValue(f"expected a string, got {type(value).__name__} {value!r}")
 
 
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
-
-
 def _to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -137,9 +132,9 @@ def _to_bool(value: Any) -> bool:
         return bool(value)  # 0/1 and 0.0/1.0: how the train stage and pandas carry booleans
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in _TRUE:
+        if text in TRUE_TOKENS:
             return True
-        if text in _FALSE:
+        if text in FALSE_TOKENS:
             return False
     raise _BadValue(f"expected a boolean, got {type(value).__name__} {value!r}")
 

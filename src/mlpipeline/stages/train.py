@@ -33,7 +33,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
 from mlpipeline.features import DateParts, date_part_columns
-from mlpipeline.mlflow_utils import ensure_experiment, use_tracking
+from mlpipeline.registry import ensure_experiment, use_tracking
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
 
 RECORD_FILE = "train.json"

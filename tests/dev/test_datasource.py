@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from mlpipeline.config import default_schema
-from mlpipeline.datasource import (
+from mlpipeline.dev.datasource import (
     BROKEN_CSV,
     COLUMNS,
     FEATURE_COLUMNS,
@@ -393,7 +393,7 @@ def test_broken_csv_does_not_parse(server: DataSourceServer, client: httpx.Clien
 def test_cli_serves_until_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlpipeline.datasource", "--port", "0", "--rows", "300", "--seed", "3", "--drift"],
+        [sys.executable, "-m", "mlpipeline.dev.datasource", "--port", "0", "--rows", "300", "--seed", "3", "--drift"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlpipeline.payload import json_rows
-from mlpipeline.serving import (
+from mlpipeline.serving.app import (
     InputColumn,
     InputError,
     InputSchema,
@@ -466,8 +466,8 @@ def test_cli_process_starts_without_a_model_and_picks_one_up(reg: Registry, cli_
 def _product_model(model_type: str) -> tuple[Any, InputSchema, pd.DataFrame]:
     """A pipeline from the train stage's own build_pipeline, fitted on the bundled churn data (with gaps)."""
     from mlpipeline.config import default_schema
-    from mlpipeline.datasource import generate_churn_dataset
-    from mlpipeline.train import build_pipeline
+    from mlpipeline.dev.datasource import generate_churn_dataset
+    from mlpipeline.stages.train import build_pipeline
 
     schema = default_schema()
     raw = generate_churn_dataset(600, seed=5, malformed_rate=0, duplicate_rate=0, missing_rate=0.05)

@@ -1,0 +1,5 @@
+"""``python -m mlpipeline.serving``: run the model server."""
+
+from mlpipeline.serving.app import main
+
+raise SystemExit(main())
