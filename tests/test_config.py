@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from mlpipeline.config import FIELD_NAMES, ConfigError, PipelineConfig, build_config, load_config, read_config
+from mlpipeline.config import (
+    FIELD_NAMES,
+    RUN_OVERRIDABLE_FIELDS,
+    ConfigError,
+    PipelineConfig,
+    build_config,
+    load_config,
+    read_config,
+)
 
 
 def test_defaults_are_valid_and_documented() -> None:
@@ -86,3 +94,46 @@ def test_another_dataset_is_configuration_only(tmp_path) -> None:
 def test_field_names_are_the_variable_names() -> None:
     for name in ("crawl_url", "ml_model_type", "accuracy_threshold", "test_size", "random_state", "notification_email"):
         assert name in FIELD_NAMES
+
+
+INFRASTRUCTURE_FIELDS = sorted(set(FIELD_NAMES) - RUN_OVERRIDABLE_FIELDS)
+
+
+def test_infrastructure_fields_are_what_a_run_may_not_change() -> None:
+    for name in ("crawl_url", "data_dir", "mlflow_tracking_uri", "serving_url", "registered_model_name"):
+        assert name in INFRASTRUCTURE_FIELDS
+    for name in ("accuracy_threshold", "candidates", "hyperparameters", "test_size", "random_state"):
+        assert name in RUN_OVERRIDABLE_FIELDS
+
+
+@pytest.mark.parametrize("field", INFRASTRUCTURE_FIELDS)
+def test_run_conf_may_not_override_infrastructure(field: str) -> None:
+    value = json.loads(PipelineConfig().model_dump_json())[field]
+    with pytest.raises(ConfigError, match=f"{field}: may not be changed by a run's conf"):
+        load_config({}.get, {field: value})
+    # The same value from a Variable is fine: infrastructure is the operator's.
+    assert load_config({field: json.dumps(value) if not isinstance(value, str) else value}.get, {})
+
+
+def test_refused_run_conf_names_every_field_and_what_may_change() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({}.get, {"crawl_url": "http://evil.example/", "data_dir": "/etc", "accuracy_threshold": 0.5})
+    message = str(caught.value)
+    assert "crawl_url, data_dir: may not be changed" in message
+    assert "accuracy_threshold" in message.split("a run may change:")[1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ops@example.com\r\nBcc: victim@example.com", "a@exa\tmple.com", "ops@example.com\x00", "a@b.com\nX: y"],
+)
+def test_control_characters_in_email_settings_are_refused(value: str) -> None:
+    for field in ("notification_email", "email_from"):
+        with pytest.raises(ConfigError, match=f"{field}.*not an email address"):
+            build_config({field: [value] if field == "notification_email" else value})
+
+
+def test_unknown_setting_error_is_bounded() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"x" * 1_000_000: 1})
+    assert len(str(caught.value)) < 5_000

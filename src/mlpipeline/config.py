@@ -1,7 +1,8 @@
 """The pipeline's one typed configuration object.
 
 Every field has a documented default. In Airflow each field is read from the Airflow Variable of the same name
-(``crawl_url``, ``ml_model_type``, ...; JSON for lists and objects) and a run's ``conf`` may override any field.
+(``crawl_url``, ``ml_model_type``, ...; JSON for lists and objects) and a run's ``conf`` may override the
+fields that say how to train and judge a model (``RUN_OVERRIDABLE_FIELDS``), never infrastructure.
 Outside Airflow the same object is built from plain dictionaries. A bad value raises :class:`ConfigError` whose
 message names the field and the reason.
 """
@@ -237,8 +238,9 @@ class PipelineConfig(BaseModel):
     def _emails(cls, value: str | list[str]) -> str | list[str]:
         for address in [value] if isinstance(value, str) else value:
             local, _, domain = address.partition("@")
-            if not local or not domain or " " in address:
-                raise ValueError(f"not an email address: {address!r}")
+            # CR/LF or any other whitespace/control character would break (or inject) mail headers.
+            if not local or not domain or any(ch.isspace() or not ch.isprintable() for ch in address):
+                raise ValueError(f"not an email address: {address[:100]!r}")
         return value
 
     @model_validator(mode="after")
@@ -277,6 +279,26 @@ class PipelineConfig(BaseModel):
 
 FIELD_NAMES: tuple[str, ...] = tuple(PipelineConfig.model_fields)
 
+# What one run's ``conf`` may change: how to train and judge a model. Everything else (URLs, paths, the tracking
+# URI, registry names, recipients, limits) is infrastructure and comes only from Variables / the environment, so
+# whoever may trigger a run cannot make a worker fetch from, load from, write to or mail to a place of their choice.
+RUN_OVERRIDABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "ml_model_type",
+        "hyperparameters",
+        "candidates",
+        "test_size",
+        "random_state",
+        "validation_metric",
+        "accuracy_threshold",
+        "champion_tolerance",
+        "max_bad_row_fraction",
+        "min_rows",
+        "drift_psi_threshold",
+        "drift_ks_pvalue",
+    }
+)
+
 
 def _format_error(error: ValidationError) -> str:
     problems = []
@@ -308,7 +330,8 @@ def build_config(*layers: Mapping[str, Any]) -> PipelineConfig:
         for name, raw in layer.items():
             if name not in FIELD_NAMES:
                 raise ConfigError(
-                    f"invalid pipeline configuration: {name}: unknown setting (known: {', '.join(FIELD_NAMES)})"
+                    f"invalid pipeline configuration: {str(name)[:100]}: unknown setting"
+                    f" (known: {', '.join(FIELD_NAMES)})"
                 )
             merged[name] = _decode(name, raw)
     try:
@@ -317,10 +340,27 @@ def build_config(*layers: Mapping[str, Any]) -> PipelineConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+def check_run_overrides(overrides: Mapping[str, Any]) -> None:
+    """Refuse per-run overrides of infrastructure settings (see ``RUN_OVERRIDABLE_FIELDS``), naming each one."""
+    refused = sorted(
+        str(name)[:100] for name in overrides if name in FIELD_NAMES and name not in RUN_OVERRIDABLE_FIELDS
+    )
+    if refused:
+        raise ConfigError(
+            f"invalid pipeline configuration: {', '.join(refused)}: may not be changed by a run's conf (set the"
+            f" Airflow Variable instead); a run may change: {', '.join(sorted(RUN_OVERRIDABLE_FIELDS))}"
+        )
+
+
 def load_config(lookup: Callable[[str], str | None], overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """Build the config from a variable lookup (e.g. Airflow's ``Variable.get``) plus per-run overrides."""
+    """Build the config from a variable lookup (e.g. Airflow's ``Variable.get``) plus per-run overrides.
+
+    The overrides (a run's ``conf``) may change only ``RUN_OVERRIDABLE_FIELDS``; every caller gets that rule here.
+    """
+    overrides = overrides or {}
+    check_run_overrides(overrides)
     from_variables = {name: value for name in FIELD_NAMES if (value := lookup(name)) is not None}
-    return build_config(from_variables, overrides or {})
+    return build_config(from_variables, overrides)
 
 
 def read_config(path: str) -> PipelineConfig:
