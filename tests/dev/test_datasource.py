@@ -1,4 +1,4 @@
-"""The bundled churn dataset and its HTTP service, exercised for real over 127.0.0.1."""
+"""The data source's HTTP service and command line, exercised for real over 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import train_test_split
-from threadpoolctl import threadpool_limits
 
-from mlpipeline.config import default_schema
+from mlpipeline.dev import churn_data, formats
 from mlpipeline.dev.datasource import (
     BROKEN_CSV,
     COLUMNS,
@@ -29,192 +25,21 @@ from mlpipeline.dev.datasource import (
     DataSourceServer,
     generate_churn_dataset,
     serialize,
+    to_csv_bytes,
+    to_parquet_bytes,
 )
-
-CLEAN = {"missing_rate": 0.0, "malformed_rate": 0.0, "duplicate_rate": 0.0}
-
-
-def invalid_rows(frame: pd.DataFrame) -> pd.Series:
-    """Rows an ETL validating against default_schema() must reject (an independent re-implementation)."""
-    schema = default_schema()
-    bad = pd.Series(False, index=frame.index)
-    for spec in schema.columns:
-        text = frame[spec.name].astype("string")
-        present = text.notna()
-        if spec.type in ("integer", "numeric"):
-            number = pd.to_numeric(text, errors="coerce")
-            wrong = present & number.isna()
-            wrong |= number.notna() & ((spec.min is not None) & (number < spec.min))
-            wrong |= number.notna() & ((spec.max is not None) & (number > spec.max))
-            if spec.type == "integer":
-                wrong |= number.notna() & (number != number.round())
-        elif spec.type == "categorical":
-            wrong = present & ~text.isin(spec.categories or [])
-        elif spec.type == "boolean":
-            wrong = present & ~text.isin(["true", "false"])
-        else:
-            wrong = present & pd.to_datetime(text, format="%Y-%m-%d", errors="coerce").isna()
-        bad |= wrong.fillna(False).astype(bool)
-    target = frame[schema.target].astype("string")
-    bad |= (target.isna() | ~target.isin(["0", "1"])).fillna(True).astype(bool)
-    return bad
+from tests.dev.churn_checks import invalid_rows
 
 
-def psi(reference: pd.Series, current: pd.Series, bins: int = 10) -> float:
-    if reference.dtype == "string" and pd.to_numeric(reference, errors="coerce").isna().mean() > 0.5:
-        categories = sorted(set(reference.dropna()) | set(current.dropna()))
-        ref = reference.value_counts(normalize=True).reindex(categories, fill_value=0).to_numpy()
-        cur = current.value_counts(normalize=True).reindex(categories, fill_value=0).to_numpy()
-    else:
-        ref_values = pd.to_numeric(reference, errors="coerce").dropna().to_numpy(float)
-        cur_values = pd.to_numeric(current, errors="coerce").dropna().to_numpy(float)
-        edges = np.unique(np.quantile(ref_values, np.linspace(0, 1, bins + 1)))
-        edges[0], edges[-1] = -np.inf, np.inf
-        ref = np.histogram(ref_values, edges)[0] / len(ref_values)
-        cur = np.histogram(cur_values, edges)[0] / len(cur_values)
-    ref, cur = np.clip(ref, 1e-6, None), np.clip(cur, 1e-6, None)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
-
-
-# --- generator ------------------------------------------------------------------------------------------------
-
-
-def test_columns_match_the_default_schema() -> None:
-    schema = default_schema()
-    frame = generate_churn_dataset(50)
-    assert list(FEATURE_COLUMNS) == schema.feature_names
-    assert list(frame.columns) == [schema.id_column, *schema.feature_names, schema.target] == list(COLUMNS)
-
-
-def test_deterministic_for_the_same_arguments_and_seed_sensitive() -> None:
-    first = generate_churn_dataset(3000, seed=11, drift=True, malformed_rate=0.05)
-    again = generate_churn_dataset(3000, seed=11, drift=True, malformed_rate=0.05)
-    pd.testing.assert_frame_equal(first, again)
-    other = generate_churn_dataset(3000, seed=12, drift=True, malformed_rate=0.05)
-    assert not first.equals(other)
-    assert serialize(first, "csv") == serialize(again, "csv")
-
-
-@pytest.mark.parametrize("rows", [0, 1, 7, 1000, 4321])
-def test_exact_row_count(rows: int) -> None:
-    frame = generate_churn_dataset(rows, duplicate_rate=0.05)
-    assert frame.shape == (rows, len(COLUMNS))
-    assert frame.index.equals(pd.RangeIndex(rows))
-
-
-def test_clean_rows_respect_the_schema_and_churn_is_realistic() -> None:
-    frame = generate_churn_dataset(20_000, seed=3, **CLEAN)
-    assert not invalid_rows(frame).any()
-    assert not frame.isna().any().any()
-    assert frame["customer_id"].is_unique
-    assert 0.25 <= frame["churned"].mean() <= 0.35
-    assert frame["age"].between(18, 100).all()
-    assert set(frame["contract"]) == {"month-to-month", "one_year", "two_year"}
-    assert set(frame["paperless_billing"]) == {"true", "false"}
-    dates = pd.to_datetime(frame["signup_date"], format="%Y-%m-%d")
-    assert dates.max() <= pd.Timestamp("2025-06-30")
-
-
-def test_dirty_data_knobs() -> None:
-    rows = 20_000
-    frame = generate_churn_dataset(rows, seed=5, missing_rate=0.05, malformed_rate=0.02, duplicate_rate=0.03)
-    # Blank cells: ~5 % of feature cells (malformed overrides move it by a hair).
-    assert 0.045 <= frame[list(FEATURE_COLUMNS)].isna().to_numpy().mean() <= 0.055
-    # Malformed rows: ~2 % of rows are rejectable, and only because of malformation (not blanks).
-    invalid = invalid_rows(frame)
-    assert 0.015 <= invalid.mean() <= 0.025
-    assert frame["churned"].isna().sum() <= invalid.sum()
-    # Exact duplicates: precisely the requested count.
-    assert frame.duplicated().sum() == round(0.03 * rows)
-    assert frame["customer_id"].duplicated().sum() == round(0.03 * rows)
-
-    blanks_only = generate_churn_dataset(5000, seed=5, missing_rate=0.3, malformed_rate=0.0, duplicate_rate=0.0)
-    assert not invalid_rows(blanks_only).any()  # blank feature cells are allowed (nullable) ...
-    assert blanks_only["churned"].notna().all()  # ... and never hit the target
-    assert not invalid_rows(generate_churn_dataset(5000, **CLEAN)).any()
-
-
-def test_every_kind_of_malformation_occurs() -> None:
-    frame = generate_churn_dataset(5000, seed=9, malformed_rate=0.2, missing_rate=0.0, duplicate_rate=0.0)
-    numeric = ["age", "tenure_months", "monthly_charges", "total_charges", "support_tickets", "data_usage_gb"]
-    as_numbers = {name: pd.to_numeric(frame[name].astype("string"), errors="coerce") for name in numeric}
-    assert any(as_numbers[name].isna().any() for name in numeric), "text in a numeric column"
-    assert (as_numbers["age"] < 0).any() and (as_numbers["age"] > 100).any()
-    assert (as_numbers["monthly_charges"] < 0).any()
-    assert frame["churned"].isna().any()
-    unknown = {
-        name: set(frame[name].dropna()) - set(spec.categories or ["true", "false"])
-        for spec in default_schema().columns
-        if (name := spec.name) in ("contract", "payment_method", "internet_service", "region", "paperless_billing")
-    }
-    assert any(unknown.values()), unknown
-    assert pd.to_datetime(frame["signup_date"], format="%Y-%m-%d", errors="coerce").isna().any()
-    # Nothing the CSV reader would silently turn into "missing" instead of "malformed".
-    csv_text = pd.read_csv(io.BytesIO(serialize(frame, "csv")), dtype=str, keep_default_na=True)
-    assert invalid_rows(csv_text).sum() == invalid_rows(frame).sum()
-
-
-def test_drift_shifts_distributions() -> None:
-    reference = generate_churn_dataset(20_000, seed=1)
-    drifted = generate_churn_dataset(20_000, seed=2, drift=True)
-    same = generate_churn_dataset(20_000, seed=2)
-    for column in ("age", "monthly_charges", "contract"):
-        assert psi(reference[column], drifted[column]) > 0.2, column
-        assert psi(reference[column], same[column]) < 0.05, column
-    assert psi(reference["region"], drifted["region"]) < 0.05
-    charges = pd.to_numeric(drifted["monthly_charges"], errors="coerce").median()
-    assert charges > 1.2 * pd.to_numeric(reference["monthly_charges"], errors="coerce").median()
-
-
-def test_target_is_learnable_but_not_trivial() -> None:
-    frame = generate_churn_dataset(20_000, seed=21, **CLEAN)
-    features = frame[list(FEATURE_COLUMNS)].drop(columns="signup_date").copy()
-    for name in ("contract", "payment_method", "internet_service", "region", "paperless_billing"):
-        features[name] = features[name].astype("category").cat.codes
-    x_train, x_test, y_train, y_test = train_test_split(
-        features.astype(float), frame["churned"].astype(int), test_size=0.25, random_state=0
+def test_reexports_the_generator_and_serialisers() -> None:
+    # Tests, benchmarks and the demo import these from the data source module: they must be the very same objects.
+    assert generate_churn_dataset is churn_data.generate_churn_dataset
+    assert (COLUMNS, FEATURE_COLUMNS) == (churn_data.COLUMNS, churn_data.FEATURE_COLUMNS)
+    assert (serialize, to_csv_bytes, to_parquet_bytes) == (
+        formats.serialize,
+        formats.to_csv_bytes,
+        formats.to_parquet_bytes,
     )
-    with threadpool_limits(1):  # OpenMP spin-waiting on a busy 2-core box is 10-20x slower than 1 thread
-        model = HistGradientBoostingClassifier(random_state=0, max_iter=100).fit(x_train, y_train)
-    accuracy = model.score(x_test, y_test)
-    majority = max(y_test.mean(), 1 - y_test.mean())
-    assert 0.78 <= accuracy <= 0.88
-    assert accuracy > majority + 0.07  # much better than always answering "stays"
-
-
-def test_a_million_rows_in_seconds() -> None:
-    started = time.perf_counter()
-    frame = generate_churn_dataset(1_000_000, seed=4)
-    elapsed = time.perf_counter() - started
-    assert len(frame) == 1_000_000
-    assert elapsed < 15, f"generating 1M rows took {elapsed:.1f}s"
-
-
-def test_serializers_round_trip() -> None:
-    frame = generate_churn_dataset(800, seed=2, missing_rate=0.1, malformed_rate=0.1)
-    expected_text = frame.astype("string")
-    csv = pd.read_csv(io.BytesIO(serialize(frame, "csv")), dtype=str, keep_default_na=False, na_values=[""])
-    lines = serialize(frame, "jsonl").decode().splitlines()
-    jsonl = pd.DataFrame([json.loads(line) for line in lines])
-    parquet = pq.read_table(io.BytesIO(serialize(frame, "parquet"))).to_pandas()
-    for parsed in (csv, jsonl, parquet):
-        assert list(parsed.columns) == list(COLUMNS)
-        assert len(parsed) == len(frame)
-    assert len(lines) == len(frame)
-    # Text columns, including malformed values, arrive verbatim in all three formats.
-    for column in ("customer_id", "contract", "signup_date", "paperless_billing"):
-        for parsed in (csv, jsonl, parquet):
-            assert parsed[column].astype("string").equals(expected_text[column]), column
-    for column in ("monthly_charges", "age", "churned"):
-        expected = pd.to_numeric(expected_text[column], errors="coerce")
-        for parsed in (csv, jsonl, parquet):
-            got = pd.to_numeric(parsed[column].astype("string"), errors="coerce")
-            np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float), equal_nan=True)
-    with pytest.raises(ValueError, match="unknown format"):
-        serialize(frame, "xml")
-
-
-# --- HTTP service ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
