@@ -1,8 +1,8 @@
-"""The model server against a real (temporary) MLflow registry: loading, validation, swaps, metrics, processes."""
+"""The model server over HTTP against a real (temporary) MLflow registry: loading, validation, swaps, metrics,
+processes."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import subprocess
@@ -19,20 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlpipeline.payload import json_rows
-from mlpipeline.serving.app import (
-    InputColumn,
-    InputError,
-    InputSchema,
-    LoadedModel,
-    ServerThread,
-    _compile_pipeline,
-    _prediction_plan,
-    _Trees,
-    _verified_fast_path,
-    app_from_env,
-    create_app,
-)
+from mlpipeline.serving import ServerThread, app_from_env, create_app
 from tests import model_factory as mf
 from tests.model_factory import FEATURES, LoggedModel, Registry
 
@@ -127,62 +114,6 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Input validation (no MLflow involved).
-# ---------------------------------------------------------------------------------------------------------------
-
-SCHEMA = InputSchema(
-    (
-        InputColumn("n", "long"),
-        InputColumn("x", "double", required=False),
-        InputColumn("c", "string"),
-        InputColumn("b", "boolean"),
-        InputColumn("d", "datetime"),
-    )
-)
-
-
-def test_schema_builds_typed_frame_with_nulls_and_optional_columns() -> None:
-    frame = SCHEMA.frame(
-        [
-            {"n": 3, "x": 1.5, "c": "a", "b": True, "d": "2024-03-01"},
-            {"n": None, "c": None, "b": None, "d": "2024-03-01T12:00:00Z"},  # optional x absent
-            {"n": "7", "x": "2.5", "c": 12, "b": "false", "d": None},
-            {"n": True, "x": False, "c": "b", "b": 1.0, "d": pd.NaT},  # booleans as numbers and vice versa
-        ]
-    )
-    assert list(frame.columns) == ["n", "x", "c", "b", "d"]
-    assert frame["n"].dtype == np.float64 and np.isnan(frame["n"][1]) and frame["n"][2] == 7
-    assert np.isnan(frame["x"][1]) and frame["x"][2] == 2.5
-    assert frame["c"].tolist()[0] == "a" and frame["c"][2] == "12" and pd.isna(frame["c"][1])
-    assert frame["b"].dtype == np.float64 and frame["b"].tolist()[0] == 1.0 and frame["b"][2] == 0.0
-    assert frame["n"][3] == 1 and frame["x"][3] == 0.0 and frame["b"][3] == 1.0 and pd.isna(frame["d"][3])
-    assert frame["d"].dtype == "datetime64[ns]"
-    assert frame["d"][1] == pd.Timestamp("2024-03-01 12:00:00") and pd.isna(frame["d"][2])
-    clean = SCHEMA.frame([{"n": 1, "x": 0.5, "c": "a", "b": False, "d": "2024-01-01"}])
-    assert clean["n"].dtype == np.int64 and clean["b"].dtype == bool
-
-
-@pytest.mark.parametrize(
-    ("row", "fragment"),
-    [
-        ({"n": 3.5, "x": 1, "c": "a", "b": True, "d": "2024-01-01"}, "row 0, column 'n': expected an integer"),
-        ({"n": 1, "x": "abc", "c": "a", "b": True, "d": "2024-01-01"}, "row 0, column 'x': expected a number"),
-        ({"n": 1, "x": float("inf"), "c": "a", "b": True, "d": "2024-01-01"}, "expected a finite number"),
-        ({"n": 10**400, "x": 1, "c": "a", "b": True, "d": "2024-01-01"}, "row 0, column 'n': number"),
-        ({"n": 1, "x": 1, "c": ["a"], "b": True, "d": "2024-01-01"}, "row 0, column 'c': expected a string"),
-        ({"n": 1, "x": 1, "c": "a", "b": "maybe", "d": "2024-01-01"}, "row 0, column 'b': expected a boolean"),
-        ({"n": 1, "x": 1, "c": "a", "b": True, "d": "yesterday"}, "row 0, column 'd': expected an ISO 8601"),
-        ({"n": 1, "x": 1, "c": "a", "b": True}, "row 0: missing column(s) ['d']"),
-        ({"n": 1, "x": 1, "c": "a", "b": True, "d": "2024-01-01", "z": 1}, "row 0: unknown column(s) ['z']"),
-    ],
-)
-def test_schema_rejects_bad_rows_naming_row_and_column(row: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(InputError) as caught:
-        SCHEMA.frame([row])
-    assert fragment in str(caught.value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The app with a model.
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -273,6 +204,9 @@ def test_model_endpoint_reports_registry_metadata(client: TestClient, main_model
         "signup_date": "datetime",
     }
     assert body["loaded_at"] and body["last_error"] is None
+    # The test factory's pipeline one-hot encodes into sparse matrices: served by sklearn, and /model says why.
+    assert body["fast_path"]["active"] is False
+    assert "OneHotEncoder with sparse_output=True" in body["fast_path"]["reason"]
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model_version"] == main_model.version
 
@@ -289,6 +223,7 @@ def test_metrics_endpoint_exposes_counters(client: TestClient, main_model: Logge
     assert _metric(text, "mlpipeline_serving_model_version") == float(main_model.version)
     assert _metric(text, "mlpipeline_serving_model_reloads_total") >= 1
     assert _metric(text, "mlpipeline_serving_model_reload_failures_total") == 0
+    assert _metric(text, "mlpipeline_serving_fast_path_active") == 0  # see test_model_endpoint_reports_...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,6 +238,7 @@ def test_no_champion_serves_503_until_one_is_promoted(reg: Registry) -> None:
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "no_model"
         assert client.get("/model").status_code == 503
+        assert client.get("/model").json()["fast_path"] == {"active": False, "reason": "no model is loaded"}
         assert client.post("/predict", json={"rows": row}).status_code == 503
         assert client.post("/reload").status_code == 503
         logged = reg.register(reg.base(0), "serving_empty")
@@ -456,93 +392,3 @@ def test_cli_process_starts_without_a_model_and_picks_one_up(reg: Registry, cli_
             http.get("/health")
             timings.append(time.perf_counter() - started)
         assert float(np.median(timings)) < 0.03, timings
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The small-request fast path (numpy re-expression of the product's pipeline).
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _product_model(model_type: str) -> tuple[Any, InputSchema, pd.DataFrame]:
-    """A pipeline from the train stage's own build_pipeline, fitted on the bundled churn data (with gaps)."""
-    from mlpipeline.config import default_schema
-    from mlpipeline.dev.datasource import generate_churn_dataset
-    from mlpipeline.stages.train import build_pipeline
-
-    schema = default_schema()
-    raw = generate_churn_dataset(600, seed=5, malformed_rate=0, duplicate_rate=0, missing_rate=0.05)
-    features = pd.DataFrame(index=raw.index)
-    for column in schema.columns:
-        if column.type == "categorical":
-            features[column.name] = raw[column.name].astype(object).where(raw[column.name].notna(), np.nan)
-        elif column.type == "date":
-            features[column.name] = pd.to_datetime(raw[column.name])
-        elif column.type == "boolean":
-            features[column.name] = raw[column.name].map({"true": 1.0, "false": 0.0}).astype("float64")
-        else:  # as the train stage feeds them: float64, so gaps reach the imputer
-            features[column.name] = raw[column.name].astype("float64")
-    hyperparameters = {"max_iter": 40} if model_type == "hist_gradient_boosting" else {}
-    if model_type == "random_forest":
-        hyperparameters = {"n_estimators": 10, "n_jobs": 1}
-    pipeline = build_pipeline(schema, model_type, hyperparameters, 0).fit(features, raw[schema.target].astype(int))
-    types = {"categorical": "string", "date": "datetime"}
-    input_schema = InputSchema(tuple(InputColumn(c.name, types.get(c.type, "double")) for c in schema.columns))
-    return pipeline, input_schema, features
-
-
-def _loaded(pipeline: Any, schema: InputSchema) -> LoadedModel:
-    preprocess, final_step, labels_are_argmax = _prediction_plan(pipeline)
-    return LoadedModel(
-        name="m", version="1", alias="champion", run_id=None, model=pipeline, schema=schema,
-        classes=tuple(pipeline.classes_), positive_index=1, metrics={}, trained_at=None, data_fingerprint=None,
-        source=None, loaded_at="", preprocess=preprocess, final_step=final_step, labels_are_argmax=labels_are_argmax,
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize("model_type", ["hist_gradient_boosting", "logistic_regression", "random_forest"])
-def test_fast_path_gives_exactly_the_sklearn_answers(model_type: str) -> None:
-    pipeline, schema, features = _product_model(model_type)
-    general = _loaded(pipeline, schema)
-    example = json_rows(features.head(5))
-    fast = _verified_fast_path(general, example, "test")
-    assert fast is not None, "the product's pipeline must get the fast path"
-    quick = dataclasses.replace(general, fast=fast)
-    rows = json_rows(features.iloc[5:200])
-    for i, row in enumerate(rows):  # gaps in every column, unseen categories, booleans as numbers
-        column = schema.columns[i % len(schema.columns)].name
-        row[column] = None if i % 3 else row[column]
-        if i % 11 == 0:
-            row["region"] = "atlantis"
-    for size in (1, 2, 5, 16):
-        for start in range(0, len(rows) - size, 23):
-            chunk = rows[start : start + size]
-            assert quick.predict_rows(chunk) == general.predict_rows(chunk)
-    # Larger requests go through sklearn itself.
-    assert quick.predict_rows(rows) == general.predict(schema.frame(rows))
-
-
-def test_fast_path_still_validates_input() -> None:
-    pipeline, schema, features = _product_model("hist_gradient_boosting")
-    general = _loaded(pipeline, schema)
-    quick = dataclasses.replace(general, fast=_verified_fast_path(general, json_rows(features.head(5)), "test"))
-    assert quick.fast is not None
-    rows = json_rows(features.head(2))
-    rows[1]["age"] = "old"
-    with pytest.raises(InputError, match="row 1, column 'age': expected a number"):
-        quick.predict_rows(rows)
-    del rows[1]["age"]
-    with pytest.raises(InputError, match=r"missing column\(s\) \['age'\]"):
-        quick.predict_rows(rows)
-
-
-def test_fast_path_is_refused_when_it_would_differ_or_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    pipeline, schema, features = _product_model("hist_gradient_boosting")
-    general = _loaded(pipeline, schema)
-    example = json_rows(features.head(5))
-    original = _Trees.predict_proba
-    monkeypatch.setattr(_Trees, "predict_proba", lambda self, x: original(self, x) + 1e-12)
-    assert _verified_fast_path(general, example, "test") is None
-    monkeypatch.undo()
-    # The test factory's pipeline uses sparse one-hot output: not a shape the fast path reproduces.
-    logged = mf.build_pipeline().fit(mf.make_frame(200)[FEATURES], mf.make_frame(200)[mf.TARGET])
-    assert _compile_pipeline(logged, schema, True) is None

@@ -1,5 +1,5 @@
 """``python -m mlpipeline.serving``: run the model server."""
 
-from mlpipeline.serving.app import main
+from mlpipeline.serving.cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""Loading one registered model version: download, unpickle, metadata, warm-up, fast path; and predicting with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlpipeline.serving.fastpath import (
+    FAST_PATH_MAX_ROWS,
+    NOT_VERIFIED,
+    FastPathStatus,
+    FastPipeline,
+    fast_path_off,
+    verify_fast_path,
+)
+from mlpipeline.serving.schema import InputError, InputSchema
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python scalar JSON can carry."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """An immutable, fully loaded model version: the unit that is swapped atomically."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    model: Any
+    schema: InputSchema
+    classes: tuple[Any, ...]
+    positive_index: int
+    metrics: dict[str, float | None]
+    trained_at: str | None
+    data_fingerprint: str | None
+    source: str | None
+    loaded_at: str
+
+    # How labels are derived; see prediction_plan().
+    preprocess: Any = None
+    final_step: Any = None
+    labels_are_argmax: bool = True
+    # The numpy equivalent of the pipeline for small requests, if it reproduced the sklearn path at load time.
+    fast_path: FastPathStatus = NOT_VERIFIED
+
+    @property
+    def fast(self) -> FastPipeline | None:
+        return self.fast_path.pipeline
+
+    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Any], list[float]]:
+        """Validate JSON rows and predict them: the /predict code path."""
+        fast = self.fast_path.pipeline
+        if fast is None or len(rows) > FAST_PATH_MAX_ROWS:
+            return self.predict(self.schema.frame(rows))
+        labels, proba = fast.predict(self.schema.arrays(rows))
+        if labels is None:
+            labels = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
+        return [plain(v) for v in labels], proba[:, self.positive_index].tolist()
+
+    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], list[float]]:
+        if self.labels_are_argmax:
+            # One model call: for these estimators predict() *is* the argmax of predict_proba().
+            proba = self.model.predict_proba(frame)
+            labels = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
+        else:
+            # Unknown final estimator (e.g. a tuned decision threshold): ask it for labels, but preprocess once.
+            features = self.preprocess.transform(frame) if self.preprocess is not None else frame
+            proba = self.final_step.predict_proba(features)
+            labels = self.final_step.predict(features)
+        return [plain(v) for v in labels], proba[:, self.positive_index].tolist()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "model_uri": f"models:/{self.name}/{self.version}",
+            "source": self.source,
+            "run_id": self.run_id,
+            "metrics": self.metrics,
+            "trained_at": self.trained_at,
+            "data_fingerprint": self.data_fingerprint,
+            "input_schema": self.schema.to_list(),
+            "classes": [plain(c) for c in self.classes],
+            "positive_class": plain(self.classes[self.positive_index]),
+            "loaded_at": self.loaded_at,
+            "fast_path": self.fast_path.to_dict(),
+        }
+
+
+def prediction_plan(model: Any) -> tuple[Any, Any, bool]:
+    """(preprocessing, final estimator, whether predict() == argmax(predict_proba()) for it)."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.tree import DecisionTreeClassifier
+
+    argmax_estimators = (
+        RandomForestClassifier,
+        ExtraTreesClassifier,
+        HistGradientBoostingClassifier,
+        GradientBoostingClassifier,
+        DecisionTreeClassifier,
+        # Binary: decision_function > 0 <=> P(class 1) > 0.5, and a tie picks class 0 both ways.
+        LogisticRegression,
+    )
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        preprocess, final = model[:-1], model.steps[-1][1]
+    else:
+        preprocess, final = None, model
+    # Exact type, not isinstance: a subclass may override predict().
+    return preprocess, final, type(final) in argmax_estimators
+
+
+# --------------------------------------------------------------------------------------------------------------
+# load_model_version and its steps.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _download(client: Any, tracking_uri: str, name: str, version: str, what: str) -> tuple[Any, InputSchema, Any]:
+    """(unpickled model, input schema from its signature, input example or None) of one version."""
+    import mlflow.artifacts
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    artifact_uri = client.get_model_version_download_uri(name, version)
+    # A private local copy pinned to this version: the alias may move meanwhile, and the process-global MLflow
+    # tracking URI is not involved (several apps with different registries can live in one process).
+    with tempfile.TemporaryDirectory(prefix="mlpipeline-serving-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri)
+        meta = Model.load(local)
+        schema = InputSchema.from_signature(meta.signature)
+        model = mlflow.sklearn.load_model(local)
+        try:
+            example = meta.load_input_example(local)
+        except Exception as exc:  # an unreadable example should not block an otherwise good model
+            log.warning("model %s: could not read the input example (%s)", what, exc)
+            example = None
+    return model, schema, example
+
+
+def _classes(model: Any, what: str) -> tuple[Any, ...]:
+    """The classifier's classes; raises if the model cannot serve probabilities for at least two."""
+    if not hasattr(model, "predict_proba"):
+        raise ValueError(f"model {what} has no predict_proba")
+    classes = tuple(getattr(model, "classes_", ()))
+    if len(classes) < 2:
+        raise ValueError(f"model {what} does not expose at least two classes_")
+    return classes
+
+
+def _training_run(client: Any, model_version: Any, what: str) -> tuple[dict[str, float | None], dict[str, str]]:
+    """(metrics, tags) of the run that trained the version, the version's own tags taking precedence."""
+    tags: dict[str, str] = dict(model_version.tags or {})
+    run_id = model_version.run_id or None
+    if not run_id:
+        return {}, tags
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # metadata is informative only; the model itself is loaded
+        log.warning("model %s: could not read training run %s (%s)", what, run_id, exc)
+        return {}, tags
+    # NaN metrics (e.g. roc_auc of a one-class holdout) are not valid JSON: report them as null.
+    metrics = {k: (v if math.isfinite(v) else None) for k, v in run.data.metrics.items()}
+    return metrics, {**run.data.tags, **tags}
+
+
+def _positive_index(classes: tuple[Any, ...], tags: dict[str, str]) -> int:
+    """An explicit positive_label tag if the trainer set one, else sklearn's convention: the last of the sorted
+    classes (1 / True)."""
+    wanted = tags.get("positive_label")
+    matches = [i for i, c in enumerate(classes) if str(plain(c)) == wanted] if wanted is not None else []
+    return matches[0] if matches else len(classes) - 1
+
+
+def _example_rows(example: Any) -> list[dict[str, Any]] | None:
+    try:
+        return example.to_dict(orient="records") if isinstance(example, pd.DataFrame) else None
+    except Exception:
+        return None
+
+
+def _warmed_up(loaded: LoadedModel, example_rows: list[dict[str, Any]] | None, what: str) -> LoadedModel:
+    """The version after answering its input example through our own input path, with its fast path decided."""
+    if not example_rows:
+        reason = "the model was logged without a readable input example to verify it against"
+        return dataclasses.replace(loaded, fast_path=fast_path_off(what, reason))
+    try:
+        frame = loaded.schema.frame(example_rows)
+    except InputError as exc:
+        log.warning("model %s: input example does not fit the signature (%s)", what, exc)
+        reason = "the model's input example does not fit its signature"
+        return dataclasses.replace(loaded, fast_path=fast_path_off(what, reason))
+    loaded.predict(frame)  # a version that cannot answer its own example must not serve (this raises)
+    return dataclasses.replace(loaded, fast_path=verify_fast_path(loaded, example_rows, what))
+
+
+def load_model_version(client: Any, tracking_uri: str, name: str, version: str, alias: str) -> LoadedModel:
+    """Download, unpickle and warm up one registered version. Raises on any problem; nothing is half-applied."""
+    what = f"{name} version {version}"
+    model_version = client.get_model_version(name, version)
+    model, schema, example = _download(client, tracking_uri, name, version, what)
+    classes = _classes(model, what)
+    metrics, tags = _training_run(client, model_version, what)
+    preprocess, final_step, labels_are_argmax = prediction_plan(model)
+    loaded = LoadedModel(
+        name=name,
+        version=str(version),
+        alias=alias,
+        run_id=model_version.run_id or None,
+        model=model,
+        schema=schema,
+        classes=classes,
+        positive_index=_positive_index(classes, tags),
+        metrics=metrics,
+        trained_at=tags.get("trained_at"),
+        data_fingerprint=tags.get("data_sha256"),
+        source=model_version.source,
+        loaded_at=utc_now(),
+        preprocess=preprocess,
+        final_step=final_step,
+        labels_are_argmax=labels_are_argmax,
+    )
+    loaded = _warmed_up(loaded, _example_rows(example), what)
+    return dataclasses.replace(loaded, loaded_at=utc_now())
