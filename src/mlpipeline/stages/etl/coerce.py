@@ -1,0 +1,164 @@
+"""Typing one column of a chunk: strip, parse, check against the declared :class:`~mlpipeline.config.ColumnSpec`,
+and say why each bad row is bad (the quarantine reasons)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlpipeline.config import ColumnSpec, DatasetSchema
+from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
+from mlpipeline.stages.etl.result import EtlError
+
+# Blank-ish values sources use for "nothing"; they count as missing after stripping.
+_MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>"])
+# What Python's str.strip() removes (every character whose isspace() is true); a test checks the list.
+PYTHON_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# Texts both Arrow and pandas turn into the same float: plain decimals of at most 15 digits are parsed exactly
+# (one correctly rounded operation) by both; anything else goes to pandas.to_numeric.
+_FAST_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
+_FAST_NUMBER_MAX_CHARS = 15
+_FAST_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_FAST_DATE_YEARS = (1678, 2261)  # inside datetime64[ns]; other years go to pandas
+_DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+# The Arrow type each declared column type is coerced to (and staged as between the passes).
+STAGED_TYPES: dict[str, pa.DataType] = {
+    "numeric": pa.float64(),
+    "integer": pa.float64(),
+    "categorical": pa.string(),
+    "boolean": pa.bool_(),
+    "date": pa.timestamp("ns"),
+}
+
+
+def as_text(column: pa.Array) -> pa.Array:
+    """Raw values as stripped strings, with blanks as missing (sources disagree on how to say 'nothing')."""
+    text = pc.utf8_trim(column, characters=PYTHON_WHITESPACE)
+    return pc.if_else(pc.is_in(text, value_set=_MISSING_TOKENS), pa.scalar(None, pa.string()), text)
+
+
+def mask(condition: pa.Array) -> np.ndarray:
+    return pc.fill_null(condition, False).to_numpy(zero_copy_only=False)
+
+
+def parse_numbers(text: pa.Array) -> np.ndarray:
+    """``pd.to_numeric(text, errors="coerce")`` as float64: Arrow for plain decimals, pandas for the rest."""
+    values = np.full(len(text), np.nan)
+    fast = mask(
+        pc.and_(
+            pc.match_substring_regex(text, _FAST_NUMBER),
+            pc.less_equal(pc.utf8_length(text), _FAST_NUMBER_MAX_CHARS),
+        )
+    )
+    if fast.any():
+        values[fast] = pc.cast(text.filter(pa.array(fast)), pa.float64()).to_numpy()
+    slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
+    if slow.any():
+        strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
+        values[slow] = pd.to_numeric(strings, errors="coerce").astype("float64").to_numpy()
+    return values
+
+
+def _parse_dates(text: pa.Array) -> np.ndarray:
+    """``pd.to_datetime(text, errors="coerce", format="ISO8601")`` as naive datetime64[ns]; plain
+    ``YYYY-MM-DD`` dates are decoded with numpy, everything else by pandas."""
+    values = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
+    fast = mask(pc.match_substring_regex(text, _FAST_DATE))
+    if fast.any():
+        plain = text.filter(pa.array(fast))
+        start = int(np.frombuffer(plain.buffers()[1], np.int32, count=1, offset=plain.offset * 4)[0])
+        digits = np.frombuffer(plain.buffers()[2], np.uint8)[start : start + 10 * len(plain)].reshape(-1, 10)
+        digits = digits.astype(np.int64) - ord("0")
+        year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+        month = digits[:, 5] * 10 + digits[:, 6]
+        day = digits[:, 8] * 10 + digits[:, 9]
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        month_days = _DAYS_IN_MONTH[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
+        valid = (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+        valid &= (year >= _FAST_DATE_YEARS[0]) & (year <= _FAST_DATE_YEARS[1])
+        months = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
+        dates = months.astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
+        rows = np.flatnonzero(fast)
+        values[rows[valid]] = dates[valid].astype("datetime64[ns]")
+        fast[rows[~valid]] = False  # impossible dates: pandas decides (it says NaT)
+    slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
+    if slow.any():
+        strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
+        parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601")
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert(None)
+        values[slow] = parsed.to_numpy(dtype="datetime64[ns]")
+    return values
+
+
+@dataclass
+class Typed:
+    """One declared column of a chunk, typed, plus why each row is bad (0 = fine, k = ``reasons[k - 1]``)."""
+
+    values: pa.Array
+    codes: np.ndarray
+    reasons: list[str]
+
+
+def _flag(codes: np.ndarray, reasons: list[str], where: np.ndarray, reason: str) -> None:
+    """Give rows that have no reason yet this one (the first failing check wins)."""
+    reasons.append(reason)
+    codes[where & (codes == 0)] = len(reasons)
+
+
+def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
+    text = as_text(raw)
+    present = text.is_valid().to_numpy(zero_copy_only=False)
+    codes = np.zeros(len(text), dtype=np.uint8)
+    reasons: list[str] = []
+
+    if spec.type in ("numeric", "integer"):
+        numbers = parse_numbers(text)
+        finite_or_inf = ~np.isnan(numbers)
+        _flag(codes, reasons, present & ~finite_or_inf, f"{spec.name}: not a number")
+        with np.errstate(invalid="ignore"):
+            if spec.type == "integer":
+                _flag(codes, reasons, finite_or_inf & (numbers % 1 != 0), f"{spec.name}: not an integer")
+            if spec.min is not None:
+                _flag(codes, reasons, numbers < spec.min, f"{spec.name}: below minimum {spec.min:g}")
+            if spec.max is not None:
+                _flag(codes, reasons, numbers > spec.max, f"{spec.name}: above maximum {spec.max:g}")
+        values: pa.Array = pa.array(numbers)
+    elif spec.type == "categorical":
+        values = text
+        if spec.categories is not None:
+            known = mask(pc.is_in(text, value_set=pa.array(spec.categories, pa.string())))
+            _flag(codes, reasons, present & ~known, f"{spec.name}: unknown category")
+    elif spec.type == "boolean":
+        lowered = pc.utf8_lower(text)
+        is_true = mask(pc.is_in(lowered, value_set=pa.array(sorted(TRUE_TOKENS))))
+        is_false = mask(pc.is_in(lowered, value_set=pa.array(sorted(FALSE_TOKENS))))
+        values = pa.array(is_true, mask=~(is_true | is_false))
+        _flag(codes, reasons, present & ~(is_true | is_false), f"{spec.name}: not a boolean")
+    elif spec.type == "date":
+        dates = _parse_dates(text)
+        values = pa.array(dates, mask=np.isnat(dates))
+        _flag(codes, reasons, present & np.isnat(dates), f"{spec.name}: not an ISO date")
+    else:  # pragma: no cover - the config type forbids other values
+        raise EtlError(f"unsupported column type {spec.type!r}")
+
+    if not spec.nullable:
+        _flag(codes, reasons, ~present, f"{spec.name}: missing value")
+    return Typed(values, codes, reasons)
+
+
+def check_columns(available: list[str], schema: DatasetSchema) -> None:
+    missing = [schema.target] if schema.target not in available else []
+    missing += [c.name for c in schema.columns if c.required and c.name not in available]
+    if missing:
+        raise EtlError(
+            f"the source is missing required column(s) {missing}; it has {sorted(available)}. "
+            "Fix the source or the dataset_schema setting."
+        )

@@ -1,0 +1,115 @@
+"""Pass 2 over the staged row groups: drop duplicates, impute, final types, date parts -> ``features.parquet``."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlpipeline.config import ColumnSpec, DatasetSchema
+from mlpipeline.features import add_date_parts
+from mlpipeline.stages.crawl import rechunk
+from mlpipeline.stages.etl.coerce import STAGED_TYPES
+from mlpipeline.stages.etl.dataset import row_groups
+
+_OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
+
+
+def _output_table(
+    staged: pa.Table,
+    positive: np.ndarray,
+    schema: DatasetSchema,
+    present: set[str],
+    fills: dict[str, Any],
+) -> pa.Table:
+    """Output rows from kept staged rows: the id, every declared column imputed, the 0/1 target, date parts."""
+    rows = staged.num_rows
+    columns: dict[str, pa.Array] = {}
+    if schema.id_column and schema.id_column in present:
+        columns[schema.id_column] = staged.column(schema.id_column).combine_chunks()
+    dates: dict[str, Any] = {}
+    for spec in schema.columns:
+        if spec.name not in present and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
+            dates[spec.name] = np.full(rows, np.nan)
+            columns[spec.name] = pa.array(dates[spec.name], from_pandas=True)
+            continue
+        if spec.name in present:
+            values = staged.column(spec.name).combine_chunks()
+        else:
+            values = pa.nulls(rows, STAGED_TYPES[spec.type])
+        columns[spec.name] = _imputed(values, spec, fills)
+        if spec.type == "date":
+            dates[spec.name] = columns[spec.name].to_numpy(zero_copy_only=False)
+    columns[schema.target] = pa.array(positive.astype(np.int64))
+    if dates:
+        parts = add_date_parts(pd.DataFrame(dates), list(dates))
+        for name in parts.columns[len(dates) :]:
+            columns[name] = pa.array(parts[name].to_numpy(), from_pandas=True)
+    return pa.table(columns)
+
+
+def _imputed(values: pa.Array, spec: ColumnSpec, fills: dict[str, Any]) -> pa.Array:
+    """``values`` in the output's type, missing values filled when the column has a fill."""
+    fill = fills.get(spec.name)
+    if spec.type in ("numeric", "integer"):
+        numbers = values.to_numpy(zero_copy_only=False)
+        if spec.name in fills:
+            numbers = np.where(np.isnan(numbers), fill, numbers)
+        return pa.array(numbers.astype(np.int64) if spec.type == "integer" else numbers)
+    if spec.type == "date":
+        if fill is None:
+            return values
+        return pc.fill_null(values, pa.scalar(pd.Timestamp(fill).value, pa.timestamp("ns")))
+    if not values.null_count:
+        return values
+    return pc.fill_null(values, bool(fill) if spec.type == "boolean" else str(fill))
+
+
+def _with_pandas_metadata(table: pa.Table) -> pa.Schema:
+    """The schema ``DataFrame.to_parquet`` would write (pandas metadata included) for frames like ``table``."""
+    sample = table.slice(0, 1000).to_pandas()
+    pandas_schema = pa.Schema.from_pandas(sample, preserve_index=False)
+    return table.schema.with_metadata(pandas_schema.metadata)
+
+
+def write_features(
+    staging_path: Path,
+    target: Path,
+    keep: np.ndarray,
+    positive: np.ndarray,
+    schema: DatasetSchema,
+    present: set[str],
+    fills: dict[str, Any],
+) -> int:
+    """Write the output in row groups of ``_OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
+    bytes (and so ``data_sha256``) do not depend on the chunk size. Returns the rows written."""
+    staging = pq.ParquetFile(staging_path)
+    tables = (
+        _output_table(
+            staging.read_row_group(group).filter(pa.array(keep[start:end])),
+            positive[start:end][keep[start:end]],
+            schema,
+            present,
+            fills,
+        )
+        for group, start, end in row_groups(staging)
+    )
+    first = next(tables, None)
+    if first is None:
+        return 0
+    file_schema = _with_pandas_metadata(first)
+    rows_out = 0
+    with pq.ParquetWriter(target, file_schema, compression="snappy") as writer:
+        same_metadata = (
+            table.replace_schema_metadata(file_schema.metadata) for table in itertools.chain([first], tables)
+        )
+        for group in rechunk(same_metadata, _OUTPUT_ROW_GROUP):
+            writer.write_table(group.combine_chunks())
+            rows_out += group.num_rows
+    return rows_out

@@ -1,0 +1,188 @@
+"""Pass 1 over the raw chunks: type every column, append the bad rows with their reason to ``quarantine.csv``,
+write the clean rows to a staging Parquet file, and hash each clean row (for the dedupe across chunks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlpipeline.config import DatasetSchema
+from mlpipeline.stages.etl.coerce import STAGED_TYPES, Typed, as_text, check_columns, coerce_column, mask, parse_numbers
+from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
+from mlpipeline.stages.etl.reading import FastReaderGaveUp, ReadError, arrow_csv_chunks, pandas_chunks
+from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
+
+MAX_DISTINCT_LABELS = 10_000  # a target with more distinct values is refused without listing them all
+_QUARANTINE_TOP_REASONS = 50
+
+
+@dataclass
+class PassOne:
+    """What pass 1 learned about the whole snapshot."""
+
+    columns: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    rows_bad: int = 0
+    reason_counts: dict[str, int] = field(default_factory=dict)
+    hashes: list[np.ndarray] = field(default_factory=list)
+    positive_if_numeric: list[np.ndarray] = field(default_factory=list)
+    positive_if_text: list[np.ndarray] = field(default_factory=list)
+    target_all_numeric: bool = True
+    numeric_labels: dict[float, None] = field(default_factory=dict)
+    text_labels: dict[str, None] = field(default_factory=dict)
+
+
+def read_pass_one(
+    raw_data_path: str, raw_format: str, chunk_rows: int, schema: DatasetSchema, tmp: Path
+) -> tuple[PassOne, set[str]]:
+    """Pass 1 over the snapshot, writing ``tmp/quarantine.csv`` and the staging file; also the columns present."""
+    quarantine, staging = tmp / QUARANTINE_FILE, tmp / STAGING_FILE
+    try:
+        if raw_format == "csv":
+            try:
+                return _pass_one(arrow_csv_chunks(raw_data_path, chunk_rows), schema, quarantine, staging)
+            except FastReaderGaveUp:
+                pass  # pandas reads some CSVs Arrow refuses (ragged rows, renamed headers): start over with it
+        return _pass_one(pandas_chunks(raw_data_path, raw_format, chunk_rows), schema, quarantine, staging)
+    except ReadError as exc:
+        raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: {exc}") from exc
+
+
+def top_reasons(counts: dict[str, int]) -> dict[str, int]:
+    """``reasons.value_counts().head(50).to_dict()`` from counts in first-seen order."""
+    if not counts:
+        return {}
+    ordered = pd.Series(list(counts.values()), index=list(counts)).sort_values(ascending=False)
+    return {str(k): int(v) for k, v in ordered.head(_QUARANTINE_TOP_REASONS).items()}
+
+
+def _pass_one(
+    chunks: Iterator[pa.Table], schema: DatasetSchema, quarantine: Path, staging: Path
+) -> tuple[PassOne, set[str]]:
+    state = PassOne()
+    writer: pq.ParquetWriter | None = None
+    present: set[str] = set()
+    with open(quarantine, "w", newline="", encoding="utf-8") as out:
+        try:
+            for chunk in chunks:
+                if writer is None:  # the first chunk fixes the columns
+                    state.columns = chunk.column_names
+                    check_columns(state.columns, schema)
+                    present = set(state.columns)
+                    _write_quarantine_header(out, state.columns)
+                    writer = _open_staging(staging, schema, present)
+                _chunk_pass_one(chunk, schema, state, out, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+    return state, present
+
+
+def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> pq.ParquetWriter:
+    fields = [pa.field(schema.id_column, pa.string())] if schema.id_column and schema.id_column in present else []
+    fields += [pa.field(c.name, STAGED_TYPES[c.type]) for c in schema.columns if c.name in present]
+    # A scratch file read back within this run: no time spent on compression, dictionaries or statistics.
+    return pq.ParquetWriter(
+        staging, pa.schema(fields), compression="none", use_dictionary=False, write_statistics=False
+    )
+
+
+def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:
+    pd.DataFrame(columns=[*columns, "_row_number", "_reason"]).to_csv(out, index=False)
+
+
+def _chunk_pass_one(chunk: pa.Table, schema: DatasetSchema, state: PassOne, out: TextIO, writer: Any) -> None:
+    if chunk.num_rows == 0:
+        return
+    start = state.rows_in
+    state.rows_in += chunk.num_rows
+    raw = {name: chunk.column(name).combine_chunks() for name in chunk.column_names}
+    target, positive_if_numeric, positive_if_text = _target_chunk(raw[schema.target], schema, state)
+    # An optional column the source does not have is all missing: nothing to type or check.
+    typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.columns if spec.name in raw}
+    good = ~_quarantine_bad_rows(chunk, [target, *typed.values()], start, out, state)
+    state.hashes.append(_stage_clean_rows(raw, typed, good, schema, writer))
+    state.positive_if_numeric.append(positive_if_numeric[good])
+    state.positive_if_text.append(positive_if_text[good])
+
+
+def _quarantine_bad_rows(chunk: pa.Table, checked: list[Typed], start: int, out: TextIO, state: PassOne) -> np.ndarray:
+    """Append the chunk's bad rows with their reason to the quarantine; returns which rows are bad."""
+    codes = np.stack([c.codes for c in checked])
+    bad = codes.any(axis=0)
+    if not bad.any():
+        return bad
+    # A row's reason is the first failing column's, target first: number all reasons of the chunk globally.
+    first = np.argmax(codes[:, bad] != 0, axis=0)
+    offsets = np.cumsum([0] + [len(c.reasons) for c in checked])
+    all_reasons = np.array([r for c in checked for r in c.reasons], dtype=object)
+    reasons = all_reasons[offsets[first] + codes[first, np.flatnonzero(bad)] - 1]
+    quarantined = chunk.filter(pa.array(bad)).to_pandas().astype("string")
+    quarantined = quarantined.assign(_row_number=start + np.flatnonzero(bad) + 1)
+    quarantined["_reason"] = pd.array(reasons, dtype="string")
+    quarantined.to_csv(out, header=False, index=False)
+    state.rows_bad += int(bad.sum())
+    _merge_counts(state.reason_counts, _first_seen_counts(reasons))
+    return bad
+
+
+def _stage_clean_rows(
+    raw: dict[str, pa.Array], typed: dict[str, Typed], good: np.ndarray, schema: DatasetSchema, writer: Any
+) -> np.ndarray:
+    """Write the chunk's clean rows to the staging file; returns their row hashes."""
+    keep = pa.array(good)
+    staged: dict[str, pa.Array] = {}
+    row_hash = np.zeros(int(good.sum()), dtype=U64)
+    if schema.id_column and schema.id_column in raw:
+        staged[schema.id_column] = as_text(raw[schema.id_column]).filter(keep)
+        row_hash = mix(row_hash * GOLDEN + hash_values(staged[schema.id_column], "categorical"))
+    for spec in schema.columns:
+        if spec.name in typed:
+            staged[spec.name] = typed[spec.name].values.filter(keep)
+            row_hash = mix(row_hash * GOLDEN + hash_values(staged[spec.name], spec.type))
+    if len(row_hash):
+        writer.write_table(pa.table(staged, schema=writer.schema))
+    return row_hash
+
+
+def _remember_labels(labels: dict[Any, None], values: np.ndarray) -> None:
+    if len(labels) <= MAX_DISTINCT_LABELS:
+        for value in pd.unique(values)[: MAX_DISTINCT_LABELS + 1]:
+            labels.setdefault(value, None)
+
+
+def _target_chunk(raw: pa.Array, schema: DatasetSchema, state: PassOne) -> tuple[Typed, np.ndarray, np.ndarray]:
+    """The target's reason codes, plus whether each row is positive when labels compare as numbers / as text."""
+    text = as_text(raw)
+    present = text.is_valid().to_numpy(zero_copy_only=False)
+    numbers = parse_numbers(text)
+    numeric = ~np.isnan(numbers)
+    state.target_all_numeric &= bool(numeric[present].all())
+    _remember_labels(state.numeric_labels, numbers[numeric])
+    if len(state.text_labels) <= MAX_DISTINCT_LABELS:
+        for label in pc.unique(text.drop_null()).to_pylist()[: MAX_DISTINCT_LABELS + 1]:
+            state.text_labels.setdefault(label, None)
+    positive_number = pd.to_numeric(pd.Series([schema.positive_label]), errors="coerce").iloc[0]
+    positive_if_numeric = numbers == positive_number
+    positive_if_text = mask(pc.equal(text, schema.positive_label))
+    codes = np.where(present, 0, 1).astype(np.uint8)
+    return Typed(text, codes, [f"{schema.target}: missing target"]), positive_if_numeric, positive_if_text
+
+
+def _first_seen_counts(values: np.ndarray) -> dict[Any, int]:
+    """Value -> count, in order of first appearance (the order pandas' value_counts starts from)."""
+    counts = pd.Series(values).value_counts(sort=False, dropna=True)
+    return dict(zip(counts.index.tolist(), counts.to_numpy().tolist(), strict=True))
+
+
+def _merge_counts(total: dict[Any, int], more: dict[Any, int]) -> None:
+    for key, count in more.items():
+        total[key] = total.get(key, 0) + count

@@ -1,0 +1,75 @@
+"""The data profile: per-column statistics of a processed dataset (also the reference for drift monitoring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlpipeline.config import DatasetSchema
+
+_ARROW_TO_PANDAS_DTYPE = {"string": "object", "large_string": "object", "bool": "bool", "double": "float64"}
+
+
+def _frequencies(counts: pd.Series) -> dict[str, float]:
+    """``series.astype("string").value_counts(normalize=True).head(20)`` from counts in first-seen order."""
+    if counts.empty:
+        return {}
+    proportions = (counts.sort_values(ascending=False) / counts.sum()).head(20)
+    return {str(k): round(float(v), 6) for k, v in proportions.items()}
+
+
+def _column_stats(series: pd.Series, kind: str) -> dict[str, Any]:
+    stats: dict[str, Any] = {"dtype": str(series.dtype), "missing": int(series.isna().sum()), "kind": kind}
+    if kind == "date":
+        stats.update(min=str(series.min()), max=str(series.max()))
+    elif pd.api.types.is_bool_dtype(series) or kind in ("categorical", "boolean", "target"):
+        counts = series.astype("string").value_counts(normalize=True).head(20)
+        stats["frequencies"] = {str(k): round(float(v), 6) for k, v in counts.items()}
+    elif pd.api.types.is_numeric_dtype(series):
+        described = series.describe(percentiles=[0.05, 0.25, 0.5, 0.75, 0.95])
+        stats.update({str(k): (None if pd.isna(v) else float(v)) for k, v in described.items() if k != "count"})
+    return stats
+
+
+def _kind(name: str, schema: DatasetSchema) -> str:
+    types = {c.name: c.type for c in schema.columns}
+    return types.get(name, "target" if name == schema.target else "derived")
+
+
+def profile(frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, Any]:
+    """Per-column statistics of a processed dataset (also the reference for drift monitoring)."""
+    columns = {name: _column_stats(frame[name], _kind(name, schema)) for name in frame.columns}
+    return {"rows": len(frame), "columns": columns}
+
+
+def profile_parquet(path: Path, schema: DatasetSchema) -> dict[str, Any]:
+    """:func:`profile` of a processed Parquet file, reading one column at a time (the same numbers)."""
+    data = pq.ParquetFile(path)
+    columns: dict[str, Any] = {}
+    for field_ in data.schema_arrow:
+        name, kind = field_.name, _kind(field_.name, schema)
+        text_like = pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
+        counted = text_like or pa.types.is_boolean(field_.type) or kind == "target"
+        if not counted:  # numbers and dates: pandas on the whole column, exactly as profile() computes them
+            series = data.read(columns=[name]).column(0).to_pandas()
+            columns[name] = _column_stats(series, kind)
+            continue
+        missing = 0
+        counts: dict[Any, int] = {}
+        for group in range(data.num_row_groups):
+            values = data.read_row_group(group, columns=[name]).column(0)
+            missing += values.null_count
+            if kind in ("categorical", "boolean", "target") or pa.types.is_boolean(field_.type):
+                for item in pc.value_counts(values.drop_null()).to_pylist():
+                    counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        dtype = _ARROW_TO_PANDAS_DTYPE.get(str(field_.type), str(field_.type))
+        stats: dict[str, Any] = {"dtype": dtype, "missing": missing, "kind": kind}
+        if kind in ("categorical", "boolean", "target") or pa.types.is_boolean(field_.type):
+            stats["frequencies"] = _frequencies(pd.Series(list(counts.values()), index=[str(k) for k in counts]))
+        columns[name] = stats
+    return {"rows": data.metadata.num_rows, "columns": columns}

@@ -1,0 +1,94 @@
+"""Reading the raw snapshot as chunks of Arrow text columns: Arrow's CSV reader when it reads the file as pandas
+would, else the crawl stage's reference readers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from mlpipeline.stages.crawl import iter_raw, rechunk
+
+# pandas.read_csv's default NA strings: the Arrow CSV reader must see the same cells as missing.
+_PANDAS_NA_STRINGS = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
+
+
+class ReadError(Exception):
+    """The raw snapshot could not be read (wraps the reader's own exception)."""
+
+
+class FastReaderGaveUp(Exception):
+    """The Arrow CSV reader cannot read this file the way pandas does; read it with pandas instead."""
+
+
+def arrow_csv_chunks(path: str, chunk_rows: int) -> Iterator[pa.Table]:
+    """The CSV as ``read_csv(dtype=str)`` sees it, parsed by Arrow's C++ reader (several times faster)."""
+    try:
+        with pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 20)) as probe:
+            names = probe.schema.names
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FastReaderGaveUp(str(exc)) from exc
+    if len(set(names)) != len(names) or "" in names:
+        raise FastReaderGaveUp("duplicate or blank column names (pandas renames them)")
+    options = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        null_values=_PANDAS_NA_STRINGS,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    parse = pa_csv.ParseOptions(newlines_in_values=True)
+    read = pa_csv.ReadOptions(block_size=8 << 20)
+
+    def batches() -> Iterator[pa.Table]:
+        try:
+            with pa_csv.open_csv(path, read_options=read, parse_options=parse, convert_options=options) as reader:
+                for batch in reader:
+                    yield pa.Table.from_batches([batch])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # ragged rows, bad quoting, ...
+            raise FastReaderGaveUp(str(exc)) from exc
+
+    empty = True
+    for table in rechunk(batches(), chunk_rows):
+        empty = False
+        yield table
+    if empty:  # a header without rows: the columns are still checked
+        yield pa.table({name: pa.array([], pa.string()) for name in names})
+
+
+def pandas_chunks(path: str, fmt: str, chunk_rows: int) -> Iterator[pa.Table]:
+    """The snapshot through :func:`mlpipeline.stages.crawl.iter_raw` (the reference reader), as Arrow text columns."""
+    columns: list[str] | None = None
+    try:
+        for frame in iter_raw(path, fmt, chunk_rows):
+            if columns is None:
+                columns = [str(name) for name in frame.columns]
+            frame = frame.reindex(columns=columns)
+            yield pa.table(
+                {
+                    name: pa.array(frame[name].to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+                    for name in columns
+                }
+            )
+    except Exception as exc:
+        raise ReadError(str(exc)) from exc

@@ -1,0 +1,126 @@
+"""The ETL stage: pass 1, the whole-dataset decisions, pass 2 and the profile, as named steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mlpipeline.config import DatasetSchema, PipelineConfig
+from mlpipeline.stages.etl.dataset import fill_values, first_occurrences, target_positive
+from mlpipeline.stages.etl.output import write_features
+from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
+from mlpipeline.stages.etl.profiling import profile_parquet
+from mlpipeline.stages.etl.result import (
+    FEATURES_FILE,
+    PROFILE_FILE,
+    QUARANTINE_FILE,
+    RECORD_FILE,
+    STAGING_FILE,
+    EtlError,
+    EtlResult,
+)
+from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
+
+
+def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str) -> EtlResult:
+    """Turn the raw snapshot at ``raw_data_path`` into ``data/processed/<run>/``.
+
+    Idempotent: a completed output for this run is returned as it is.
+    """
+    out_dir = Path(DataLayout.of(config.data_dir).processed(run))
+    if (out_dir / RECORD_FILE).exists():
+        return EtlResult(**read_json(out_dir / RECORD_FILE))
+
+    started = time.perf_counter()
+    schema = config.dataset_schema
+    with atomic_directory(out_dir) as tmp:
+        # The quarantine is written even when the run fails below, so the bad rows can be inspected.
+        state, present = _validate_and_stage(config, raw_data_path, raw_format, tmp)
+        positive = target_positive(state, schema)
+        _refuse_too_many_bad_rows(
+            config, state, tmp / QUARANTINE_FILE, out_dir.parent / f"{run}.rejected-{QUARANTINE_FILE}"
+        )
+        keep = _dedupe(config, state, positive)
+        fills = _impute_and_write(tmp, keep, positive, schema, present)
+        _write_profile(tmp, schema, state, keep, fills)
+        result = _result(out_dir, tmp, state, keep, started)
+        (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _validate_and_stage(
+    config: PipelineConfig, raw_data_path: str, raw_format: str, tmp: Path
+) -> tuple[PassOne, set[str]]:
+    """Pass 1; refuses a snapshot without columns or rows."""
+    state, present = read_pass_one(raw_data_path, raw_format, config.etl_chunk_rows, config.dataset_schema, tmp)
+    if not state.columns:
+        raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: no columns")
+    if state.rows_in == 0:
+        raise EtlError(f"the raw snapshot {raw_data_path} has no rows")
+    return state, present
+
+
+def _refuse_too_many_bad_rows(config: PipelineConfig, state: PassOne, quarantine: Path, rejected: Path) -> None:
+    """Fail over ``max_bad_row_fraction``, keeping the quarantine next to the run's output for inspection."""
+    bad_fraction = state.rows_bad / state.rows_in
+    if bad_fraction > config.max_bad_row_fraction:
+        quarantine.replace(rejected)
+        raise EtlError(
+            f"{state.rows_bad} of {state.rows_in} rows ({bad_fraction:.1%}) failed validation, more than "
+            f"max_bad_row_fraction={config.max_bad_row_fraction:.1%}; the rows and reasons are in {rejected}"
+        )
+
+
+def _dedupe(config: PipelineConfig, state: PassOne, positive: np.ndarray) -> np.ndarray:
+    """Keep-mask over the clean rows without duplicates; refuses fewer than ``min_rows`` kept rows."""
+    keep = first_occurrences(state, positive)
+    state.hashes.clear()  # the largest per-row arrays: not needed any more
+    rows_out = int(keep.sum())
+    if rows_out < config.min_rows:
+        raise EtlError(f"only {rows_out} clean rows remain, fewer than min_rows={config.min_rows}")
+    return keep
+
+
+def _impute_and_write(
+    tmp: Path, keep: np.ndarray, positive: np.ndarray, schema: DatasetSchema, present: set[str]
+) -> dict[str, Any]:
+    """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
+    staging_path = tmp / STAGING_FILE
+    fills = fill_values(pq.ParquetFile(staging_path), keep, schema, present)
+    write_features(staging_path, tmp / FEATURES_FILE, keep, positive, schema, present, fills)
+    staging_path.unlink()
+    return fills
+
+
+def _write_profile(tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any]) -> None:
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema)
+    data_profile.update(
+        rows_in=state.rows_in,
+        rows_quarantined=state.rows_bad,
+        duplicates_dropped=len(keep) - int(keep.sum()),
+        imputed_with=fills,
+        quarantine_reasons=top_reasons(state.reason_counts),
+    )
+    (tmp / PROFILE_FILE).write_text(json.dumps(data_profile, indent=2, default=str))
+
+
+def _result(out_dir: Path, tmp: Path, state: PassOne, keep: np.ndarray, started: float) -> EtlResult:
+    rows_out = int(keep.sum())
+    return EtlResult(
+        processed_dir=str(out_dir),
+        data_path=str(out_dir / FEATURES_FILE),
+        quarantine_path=str(out_dir / QUARANTINE_FILE),
+        profile_path=str(out_dir / PROFILE_FILE),
+        rows_in=state.rows_in,
+        rows_out=rows_out,
+        rows_quarantined=state.rows_bad,
+        duplicates_dropped=len(keep) - rows_out,
+        bad_row_fraction=round(state.rows_bad / state.rows_in, 6),
+        data_sha256=sha256_file(tmp / FEATURES_FILE),
+        seconds=round(time.perf_counter() - started, 3),
+    )

@@ -1,0 +1,45 @@
+"""Typing and validation: a quarantine reason per bad row, and the whitespace the ETL strips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mlpipeline.stages.etl import etl
+from tests.stages.etl.support import good_rows, make_config, write_csv
+
+
+def test_bad_rows_are_quarantined_with_a_reason_each(tmp_path: Path) -> None:
+    rows = good_rows(40)
+    rows[1] = "1,abc,2,red,true,2024-01-11,1"
+    rows[2] = "2,-5,2,red,true,2024-01-11,1"
+    rows[4] = "4,5,2.5,red,true,2024-01-11,1"
+    rows[5] = "5,5,2,purple,true,2024-01-11,1"
+    rows[6] = "6,5,2,red,maybe,2024-01-11,1"
+    rows[7] = "7,5,2,red,true,not-a-date,1"
+    rows[8] = "8,5,2,red,true,2024-01-11,"
+    rows.append(rows[0])  # an exact duplicate
+    result = etl(make_config(tmp_path), run="r1", raw_data_path=write_csv(tmp_path, rows), raw_format="csv")
+    quarantine = pd.read_csv(result.quarantine_path)
+    reasons = dict(zip(quarantine["id"].astype(str), quarantine["_reason"], strict=True))
+    assert reasons == {
+        "1": "amount: not a number",
+        "2": "amount: below minimum 0",
+        "4": "count: not an integer",
+        "5": "colour: unknown category",
+        "6": "active: not a boolean",
+        "7": "seen: not an ISO date",
+        "8": "label: missing target",
+    }
+    assert result.rows_quarantined == 7
+    assert result.duplicates_dropped == 1
+    assert result.rows_out == 41 - 7 - 1
+
+
+def test_python_whitespace_list_is_complete() -> None:
+    import sys
+
+    from mlpipeline.stages.etl import PYTHON_WHITESPACE
+
+    assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == PYTHON_WHITESPACE
