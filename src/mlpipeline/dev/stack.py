@@ -59,6 +59,18 @@ START_ORDER = (
     "flower",
 )
 
+# Every port a service listens on, with docker-compose.yaml's default: the process stack picks free ones instead,
+# ``python -m mlpipeline.dev.stack up`` reads them from the environment like compose does.
+SERVICE_PORTS: dict[str, int] = {
+    "AIRFLOW_API_PORT": 8080,
+    "FLOWER_PORT": 5555,
+    "MLFLOW_PORT": 5000,
+    "MODEL_SERVER_PORT": 8000,
+    "DATASOURCE_PORT": 8765,
+    "SMTP_PORT": 8025,
+    "SCHEDULER_HEALTH_PORT": 8974,
+}
+
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -188,15 +200,7 @@ class ProcessStack:
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "AIRFLOW_API_PORT",
-            "FLOWER_PORT",
-            "MLFLOW_PORT",
-            "MODEL_SERVER_PORT",
-            "DATASOURCE_PORT",
-            "SMTP_PORT",
-            "SCHEDULER_HEALTH_PORT",
-        ):
+        for name in SERVICE_PORTS:
             self.ports.setdefault(name, free_port())
 
     def _secrets(self) -> dict[str, str]:
@@ -333,9 +337,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up"])
     parser.add_argument("--root", default=str(REPO_ROOT / ".stack"), help="state and logs (default .stack/)")
     args = parser.parse_args(argv)
-    env = os.environ
-    stack = ProcessStack(
-        root=Path(args.root),
+    stack = stack_from_environment(Path(args.root), os.environ)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stack.up()
+        print(
+            f"stack up: Airflow {stack.api_url} | Flower {stack.flower_url} | MLflow {stack.mlflow_url} | "
+            f"model server {stack.serving_url}; credentials in {stack.root / 'secrets.json'}; "
+            f"logs in {stack.root / 'logs'}",
+            flush=True,
+        )
+        _supervise(stack, stop)
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            stack.down()
+
+
+def stack_from_environment(root: Path, env: Mapping[str, str]) -> ProcessStack:
+    """The stack compose would start with this environment (its variables and defaults), kept under ``root``."""
+    return ProcessStack(
+        root=root,
         postgres=Postgres(
             host=env.get("POSTGRES_HOST", "127.0.0.1"),
             port=int(env.get("POSTGRES_PORT", "5432")),
@@ -350,41 +377,16 @@ def main(argv: list[str] | None = None) -> int:
             port=int(env.get("REDIS_PORT", "6379")),
             db=int(env.get("REDIS_DB", "0")),
         ),
-        ports={
-            name: int(env.get(name, default))
-            for name, default in (
-                ("AIRFLOW_API_PORT", 8080),
-                ("FLOWER_PORT", 5555),
-                ("MLFLOW_PORT", 5000),
-                ("MODEL_SERVER_PORT", 8000),
-                ("DATASOURCE_PORT", 8765),
-                ("SMTP_PORT", 8025),
-                ("SCHEDULER_HEALTH_PORT", 8974),
-            )
-        },
+        ports={name: int(env.get(name, default)) for name, default in SERVICE_PORTS.items()},
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        stack.up()
-        secrets_file = stack.root / "secrets.json"
-        print(
-            f"stack up: Airflow {stack.api_url} | Flower {stack.flower_url} | MLflow {stack.mlflow_url} | "
-            f"model server {stack.serving_url}; credentials in {secrets_file}; logs in {stack.root / 'logs'}",
-            flush=True,
-        )
-        while not stop.wait(2):
-            dead = [name for name, process in stack.processes.items() if not process.alive()]
-            if dead:
-                raise StackError(f"service(s) exited: {dead}; logs in {stack.root / 'logs'}")
-        return 0
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        with contextlib.suppress(Exception):
-            stack.down()
+
+
+def _supervise(stack: ProcessStack, stop: threading.Event) -> None:
+    """Wait until ``stop`` is set; StackError as soon as a service exits on its own."""
+    while not stop.wait(2):
+        dead = [name for name, process in stack.processes.items() if not process.alive()]
+        if dead:
+            raise StackError(f"service(s) exited: {dead}; logs in {stack.root / 'logs'}")
 
 
 if __name__ == "__main__":
