@@ -341,10 +341,13 @@ class LocalStack:
 
     def start_airflow(self) -> None:
         airflow = str(Path(sys.executable).parent / "airflow")
-        self._spawn("api-server", [airflow, "api-server", "--port", str(self.ports.airflow_api), "--workers", "1"])
+        api_server = self._spawn(
+            "api-server", [airflow, "api-server", "--port", str(self.ports.airflow_api), "--workers", "1"]
+        )
         self._spawn("dag-processor", [airflow, "dag-processor"])
         self._spawn("scheduler", [airflow, "scheduler", "--skip-serve-logs"])
-        self.processes[-3].wait_until(http_ok(f"{self.api_url}/api/v2/monitor/health"), 180, "health check")
+        # All three start together; the API server's health is what the demo and the tests talk to first.
+        api_server.wait_until(http_ok(f"{self.api_url}/api/v2/monitor/health"), 180, "health check")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
