@@ -41,3 +41,21 @@ def test_failure_email_names_the_task_and_the_error() -> None:
     )
     assert email.subject == "[ml_pipeline] FAILED: ml_pipeline.etl in run r"
     assert "EtlError: bad" in email.html
+
+
+def test_success_email_adds_the_data_section_only_with_an_etl_record() -> None:
+    common = {
+        "dag_run": "r",
+        "validation": VALIDATION,
+        "training": TRAINING,
+        "deployment": {"model_name": "churn", "version": "3"},
+        "monitoring": {"drifted_features": []},
+    }
+    without = notify.success_email(**common)
+    assert "<h3>Data</h3>" not in without.html and "<td>none</td>" in without.html  # no drifted feature
+    etl = {"rows_in": 1000, "rows_out": 990, "rows_quarantined": 4, "duplicates_dropped": 6}
+    email = notify.success_email(**common, etl=etl)
+    assert email.html.startswith(without.html) and email.subject == without.subject
+    data = email.html.split("<h3>Data</h3>", 1)[1]
+    for label, value in [("rows fetched", 1000), ("rows used", 990), ("rows quarantined", 4), ("duplicates", 6)]:
+        assert f"{label}" in data and f"<td>{value}</td>" in data

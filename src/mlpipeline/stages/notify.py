@@ -55,50 +55,53 @@ def success_email(
         f"[ml_pipeline] deployed {deployment['model_name']} v{deployment['version']}: "
         f"{metric} {validation['candidate_score']:.4f} >= {validation['threshold']:.4f}"
     )
-    drifted = monitoring.get("drifted_features") or []
     parts = [
         f"<h2>New champion: {escape(deployment['model_name'])} v{escape(str(deployment['version']))}</h2>",
-        _table(
-            [
-                ("run", dag_run),
-                ("model type", training.get("model_type")),
-                ("previous champion", deployment.get("previous_version")),
-                ("serving", deployment.get("serving_url")),
-                ("deployed at", deployment.get("deployed_at")),
-                ("data fingerprint (sha256)", training.get("data_sha256")),
-            ]
-        ),
+        _table(_deployment_rows(dag_run, training, deployment)),
         "<h3>Held-out metrics</h3>",
         _table(_metrics_rows(training.get("metrics", {}))),
         "<h3>Decision</h3>",
         _list(list(validation.get("reasons", []))),
         "<h3>Monitoring</h3>",
-        _table(
-            [
-                ("endpoint healthy", monitoring.get("healthy")),
-                ("live accuracy", monitoring.get("live_accuracy")),
-                ("latency p50 (ms)", monitoring.get("latency_p50_ms")),
-                ("latency p95 (ms)", monitoring.get("latency_p95_ms")),
-                ("max PSI", monitoring.get("max_psi")),
-                ("drifted features", ", ".join(drifted) if drifted else "none"),
-            ]
-        ),
+        _table(_monitoring_rows(monitoring)),
         "<h3>Alerts</h3>",
         _list(list(monitoring.get("alerts", []))),
     ]
     if etl:
-        parts += [
-            "<h3>Data</h3>",
-            _table(
-                [
-                    ("rows fetched", etl.get("rows_in")),
-                    ("rows used", etl.get("rows_out")),
-                    ("rows quarantined", etl.get("rows_quarantined")),
-                    ("duplicates dropped", etl.get("duplicates_dropped")),
-                ]
-            ),
-        ]
+        parts += ["<h3>Data</h3>", _table(_etl_rows(etl))]
     return Email(subject=subject, html="\n".join(parts))
+
+
+def _deployment_rows(dag_run: str, training: dict[str, Any], deployment: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        ("run", dag_run),
+        ("model type", training.get("model_type")),
+        ("previous champion", deployment.get("previous_version")),
+        ("serving", deployment.get("serving_url")),
+        ("deployed at", deployment.get("deployed_at")),
+        ("data fingerprint (sha256)", training.get("data_sha256")),
+    ]
+
+
+def _monitoring_rows(monitoring: dict[str, Any]) -> list[tuple[str, Any]]:
+    drifted = monitoring.get("drifted_features") or []
+    return [
+        ("endpoint healthy", monitoring.get("healthy")),
+        ("live accuracy", monitoring.get("live_accuracy")),
+        ("latency p50 (ms)", monitoring.get("latency_p50_ms")),
+        ("latency p95 (ms)", monitoring.get("latency_p95_ms")),
+        ("max PSI", monitoring.get("max_psi")),
+        ("drifted features", ", ".join(drifted) if drifted else "none"),
+    ]
+
+
+def _etl_rows(etl: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        ("rows fetched", etl.get("rows_in")),
+        ("rows used", etl.get("rows_out")),
+        ("rows quarantined", etl.get("rows_quarantined")),
+        ("duplicates dropped", etl.get("duplicates_dropped")),
+    ]
 
 
 def retrain_alert_email(*, dag_run: str, validation: dict[str, Any], training: dict[str, Any]) -> Email:
