@@ -1,10 +1,11 @@
 """Build, log and register small scikit-learn models the way the train/deploy stages do (test helper).
 
-Independent of ``mlpipeline``: it only follows the model contract (a sklearn ``Pipeline`` whose first step derives
+Independent of the train stage: it only follows the model contract (a sklearn ``Pipeline`` whose first step derives
 date parts, then a ColumnTransformer with imputers/one-hot, then a classifier with ``predict_proba``; logged with
-``mlflow.sklearn.log_model(serialization_format="cloudpickle", signature=..., input_example=...)``, registered, the
-``champion`` alias set). One registry (temp dir + sqlite) is shared by the whole test process because creating the
-MLflow database costs seconds; test modules use distinct registered model names so they don't interfere.
+``mlflow.sklearn.log_model(serialization_format="cloudpickle", signature=..., input_example=...)`` carrying the
+``mlpipeline`` code and pinned requirements from ``mlpipeline.registry``, registered, the ``champion`` alias set).
+One registry (temp dir + sqlite) is shared by the whole test process because creating the MLflow database costs
+seconds; test modules use distinct registered model names so they don't interfere.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.payload import json_rows
+from mlpipeline.registry import model_code_paths, model_requirements
 
 # Pickle this module's classes by value so a logged model loads in any process (e.g. a server subprocess that
 # does not have tests/ on sys.path), exactly like a self-contained production artifact.
@@ -178,7 +180,7 @@ class Registry:
             # Integer-column and pickle-safety hints are expected for this contract.
             warnings.simplefilter("ignore")
             signature = infer_signature(X, model.predict(X))
-            with mlflow.start_run(experiment_id=self.experiment_id) as run:
+            with mlflow.start_run(experiment_id=self.experiment_id) as run, model_code_paths() as code_paths:
                 mlflow.log_metrics(metrics)
                 mlflow.set_tags({"data_sha256": data_sha256, "trained_at": trained_at})
                 info = mlflow.sklearn.log_model(
@@ -188,8 +190,9 @@ class Registry:
                     signature=signature,
                     input_example=X.head(3),
                     registered_model_name=name,
+                    code_paths=code_paths,
                     # Explicit requirements skip MLflow's requirement inference, a ~10 s subprocess per model.
-                    pip_requirements=["scikit-learn", "pandas", "cloudpickle"],
+                    pip_requirements=model_requirements(),
                 )
         version = str(info.registered_model_version)
         if alias is not None:

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.payload import json_rows
-from mlpipeline.registry import champion_version, use_tracking
+from mlpipeline.registry import champion_version, load_sklearn_model, use_tracking
 from mlpipeline.stages.train import TrainResult, load_holdout
 from mlpipeline.stages.validate import ValidationDecision
 from mlpipeline.storage import DataLayout, atomic_write_json
@@ -79,7 +79,7 @@ def _wait_for_version(http: httpx.Client, version: str, timeout: float) -> None:
 def _smoke_test(http: httpx.Client, config: PipelineConfig, candidate: TrainResult, version: str) -> tuple[int, float]:
     features, _ = load_holdout(candidate.holdout_path, config.dataset_schema)
     features = features.head(config.smoke_test_rows)
-    offline = mlflow.sklearn.load_model(f"models:/{config.registered_model_name}/{version}")
+    offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
     expected_labels = offline.predict(features)
     expected_probabilities = offline.predict_proba(features)[:, 1]
     response = http.post("/predict", json={"rows": json_rows(features)})

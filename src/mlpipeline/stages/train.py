@@ -33,7 +33,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
 from mlpipeline.features import DateParts, date_part_columns
-from mlpipeline.registry import ensure_experiment, use_tracking
+from mlpipeline.registry import ensure_experiment, model_code_paths, model_requirements, use_tracking
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
 
 RECORD_FILE = "train.json"
@@ -172,6 +172,16 @@ def evaluate(model: Any, features: pd.DataFrame, target: pd.Series) -> dict[str,
     return metrics
 
 
+@dataclass(frozen=True)
+class _Split:
+    """The seeded, stratified train/held-out split every candidate of a run shares."""
+
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
 def train(
     config: PipelineConfig,
     *,
@@ -183,103 +193,132 @@ def train(
 ) -> TrainResult:
     """Fit one candidate, evaluate it on the held-out split, log everything to MLflow. Idempotent per run and
     candidate. ``candidate`` defaults to the config's only candidate."""
-    candidates = config.training_candidates()
-    if candidate is None:
-        if len(candidates) != 1:
-            raise ValueError(f"the config has {len(candidates)} candidates: say which one to train")
-        candidate = candidates[0]
-    elif candidate.name is None:
-        raise ValueError("a candidate to train needs its name (use config.training_candidates())")
-    layout = DataLayout.of(config.data_dir)
-    out_dir = layout.models(run) / candidate.name
+    candidate = _chosen(config, candidate)
+    out_dir = DataLayout.of(config.data_dir).models(run) / candidate.name
     if (out_dir / RECORD_FILE).exists():
         return TrainResult(**read_json(out_dir / RECORD_FILE))
 
     started = time.perf_counter()
-    schema = config.dataset_schema
-    frame = pd.read_parquet(processed_data_path)
-    features, target = features_and_target(frame, schema)
-    if target.nunique() < 2:
-        raise TrainError(f"the target {schema.target!r} has a single class in {processed_data_path}; cannot train")
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, target, test_size=config.test_size, random_state=config.random_state, stratify=target
-    )
-    pipeline = build_pipeline(schema, candidate.ml_model_type, candidate.hyperparameters, config.random_state)
-    pipeline.fit(x_train, y_train)
-    metrics = evaluate(pipeline, x_test, y_test)
-    scalar_metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
-
-    client = use_tracking(config)
-    experiment_id = ensure_experiment(client, config.mlflow_experiment, config.mlflow_artifact_location)
-    trained_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    split = _split(config, processed_data_path)
+    pipeline = _fit(config, candidate, split)
+    metrics = evaluate(pipeline, split.x_test, split.y_test)
+    tags = {
+        "data_sha256": data_sha256,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pipeline_run": run,
+        "airflow_run_id": pipeline_run_id or run,
+        "processed_data_path": processed_data_path,
+        "model_type": candidate.ml_model_type,
+        "candidate": candidate.name,
+    }
     with atomic_directory(out_dir) as tmp:
-        holdout = x_test.assign(**{schema.target: y_test.to_numpy()}).reset_index(drop=True)
-        holdout.to_parquet(tmp / HOLDOUT_FILE, index=False)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}") as mlflow_run:
-            mlflow.set_tags(
-                {
-                    "data_sha256": data_sha256,
-                    "trained_at": trained_at,
-                    "pipeline_run": run,
-                    "airflow_run_id": pipeline_run_id or run,
-                    "processed_data_path": processed_data_path,
-                    "model_type": candidate.ml_model_type,
-                    "candidate": candidate.name,
-                }
-            )
-            mlflow.log_params(
-                {
-                    "model_type": candidate.ml_model_type,
-                    "candidate": candidate.name,
-                    "test_size": config.test_size,
-                    "random_state": config.random_state,
-                    "n_train": len(x_train),
-                    "n_test": len(x_test),
-                    "features": ",".join(schema.feature_names),
-                    **{f"hp.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()},
-                }
-            )
-            mlflow.log_metrics(scalar_metrics)
-            mlflow.log_dict(metrics, "metrics.json")
-            example = x_train.head(5)
-            signature = infer_signature(example, pipeline.predict(example))
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                serialization_format="cloudpickle",
-                # The model needs this package (for DateParts) wherever it is loaded.
-                pip_requirements=_model_requirements(),
-            )
+        _write_holdout(tmp, config.dataset_schema, split, metrics)
+        mlflow_run_id, model_uri = _log_to_mlflow(config, candidate, run, tags, pipeline, split, metrics)
         result = TrainResult(
             candidate=candidate.name,
-            mlflow_run_id=mlflow_run.info.run_id,
-            model_uri=info.model_uri,
+            mlflow_run_id=mlflow_run_id,
+            model_uri=model_uri,
             model_type=candidate.ml_model_type,
-            metrics=scalar_metrics,
+            metrics=_scalar(metrics),
             holdout_path=str(out_dir / HOLDOUT_FILE),
             metrics_path=str(out_dir / METRICS_FILE),
             processed_data_path=processed_data_path,
             data_sha256=data_sha256,
-            n_train=len(x_train),
-            n_test=len(x_test),
+            n_train=len(split.x_train),
+            n_test=len(split.x_test),
             seconds=round(time.perf_counter() - started, 3),
         )
         (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 
-def _model_requirements() -> list[str]:
-    import sklearn
+def _chosen(config: PipelineConfig, candidate: Candidate | None) -> Candidate:
+    candidates = config.training_candidates()
+    if candidate is None:
+        if len(candidates) != 1:
+            raise ValueError(f"the config has {len(candidates)} candidates: say which one to train")
+        return candidates[0]
+    if candidate.name is None:
+        raise ValueError("a candidate to train needs its name (use config.training_candidates())")
+    return candidate
 
-    return [
-        f"scikit-learn=={sklearn.__version__}",
-        f"pandas=={pd.__version__}",
-        f"numpy=={np.__version__}",
-        "mlpipeline",
-    ]
+
+def _split(config: PipelineConfig, processed_data_path: str) -> _Split:
+    schema = config.dataset_schema
+    features, target = features_and_target(pd.read_parquet(processed_data_path), schema)
+    if target.nunique() < 2:
+        raise TrainError(f"the target {schema.target!r} has a single class in {processed_data_path}; cannot train")
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, target, test_size=config.test_size, random_state=config.random_state, stratify=target
+    )
+    return _Split(x_train, x_test, y_train, y_test)
+
+
+def _fit(config: PipelineConfig, candidate: Candidate, split: _Split) -> Pipeline:
+    pipeline = build_pipeline(
+        config.dataset_schema, candidate.ml_model_type, candidate.hyperparameters, config.random_state
+    )
+    return pipeline.fit(split.x_train, split.y_train)
+
+
+def _scalar(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: value for name, value in metrics.items() if isinstance(value, float)}
+
+
+def _write_holdout(directory: Path, schema: DatasetSchema, split: _Split, metrics: dict[str, Any]) -> None:
+    """The held-out rows (validation scores the champion on exactly these) and the full metrics."""
+    holdout = split.x_test.assign(**{schema.target: split.y_test.to_numpy()}).reset_index(drop=True)
+    holdout.to_parquet(directory / HOLDOUT_FILE, index=False)
+    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+
+def _log_to_mlflow(
+    config: PipelineConfig,
+    candidate: Candidate,
+    run: str,
+    tags: dict[str, str],
+    pipeline: Pipeline,
+    split: _Split,
+    metrics: dict[str, Any],
+) -> tuple[str, str]:
+    """One MLflow run with the tags, parameters, metrics and the model; returns (run id, model URI)."""
+    client = use_tracking(config)
+    experiment_id = ensure_experiment(client, config.mlflow_experiment, config.mlflow_artifact_location)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}") as mlflow_run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(
+            {
+                "model_type": candidate.ml_model_type,
+                "candidate": candidate.name,
+                "test_size": config.test_size,
+                "random_state": config.random_state,
+                "n_train": len(split.x_train),
+                "n_test": len(split.x_test),
+                "features": ",".join(config.dataset_schema.feature_names),
+                **{f"hp.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()},
+            }
+        )
+        mlflow.log_metrics(_scalar(metrics))
+        mlflow.log_dict(metrics, "metrics.json")
+        model_uri = _log_model(pipeline, split.x_train.head(5))
+    return mlflow_run.info.run_id, model_uri
+
+
+def _log_model(pipeline: Pipeline, example: pd.DataFrame) -> str:
+    """Log the pipeline so it stands alone: the mlpipeline code it unpickles (DateParts) travels with it, and its
+    requirements pin the exact scientific stack it was fitted with."""
+    signature = infer_signature(example, pipeline.predict(example))
+    with model_code_paths() as code_paths:
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=example,
+            serialization_format="cloudpickle",
+            code_paths=code_paths,
+            pip_requirements=model_requirements(),
+        )
+    return info.model_uri
 
 
 def load_holdout(path: str | Path, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import mlflow
+from mlflow.entities.model_registry import ModelVersion
 
 from mlpipeline.config import PipelineConfig
-from mlpipeline.registry import champion_version, use_tracking
+from mlpipeline.registry import champion_version, load_sklearn_model, use_tracking
 from mlpipeline.stages.train import TrainResult, evaluate, load_holdout
 from mlpipeline.storage import DataLayout, atomic_write_json
 
@@ -67,38 +67,14 @@ def validate(
     relation = ">=" if passes else "<"
     reasons.append(f"candidate {metric} {score:.4f} {relation} threshold {config.accuracy_threshold:.4f}")
 
-    client = use_tracking(config)
-    champion = champion_version(client, config)
+    champion = champion_version(use_tracking(config), config)
     champion_score: float | None = None
     if champion is None:
         reasons.append("no champion yet: the threshold alone decides")
     else:
-        features, target = load_holdout(candidate.holdout_path, config.dataset_schema)
-        champion_uri = f"models:/{config.registered_model_name}/{champion.version}"
-        try:
-            champion_model = mlflow.sklearn.load_model(champion_uri)
-        except Exception as exc:
-            raise RuntimeError(
-                f"cannot load the current champion {champion_uri} to compare with the candidate: {exc}. "
-                "Fix or re-point the alias before deploying; refusing to decide blind."
-            ) from exc
-        missing = [c for c in getattr(champion_model, "feature_names_in_", []) if c not in features.columns]
-        if missing:
-            reasons.append(
-                f"champion v{champion.version} expects column(s) {missing} the new data lacks (schema changed): "
-                "it cannot be scored, the threshold alone decides"
-            )
-        else:
-            champion_score = float(evaluate(champion_model, features, target)[metric])
-            floor = champion_score - config.champion_tolerance
-            not_worse = score >= floor
-            relation = ">=" if not_worse else "<"
-            reasons.append(
-                f"candidate {metric} {score:.4f} {relation} champion v{champion.version} {champion_score:.4f}"
-                + (f" - tolerance {config.champion_tolerance:.4f}" if config.champion_tolerance else "")
-                + " on the same held-out rows"
-            )
-            passes = passes and not_worse
+        champion_score, reason = _versus_champion(config, candidate, champion, score)
+        reasons.append(reason)
+        passes = passes and (champion_score is None or score >= champion_score - config.champion_tolerance)
 
     record = DataLayout.of(config.data_dir).run_records(run) / RECORD_FILE
     decision = ValidationDecision(
@@ -115,3 +91,33 @@ def validate(
     )
     atomic_write_json(record, decision.to_dict())
     return decision
+
+
+def _versus_champion(
+    config: PipelineConfig, candidate: TrainResult, champion: ModelVersion, score: float
+) -> tuple[float | None, str]:
+    """The champion's score on the candidate's held-out rows (None if it cannot be scored on them) and the reason
+    to record."""
+    metric = config.validation_metric
+    features, target = load_holdout(candidate.holdout_path, config.dataset_schema)
+    champion_uri = f"models:/{config.registered_model_name}/{champion.version}"
+    try:
+        champion_model = load_sklearn_model(champion_uri)
+    except Exception as exc:
+        raise RuntimeError(
+            f"cannot load the current champion {champion_uri} to compare with the candidate: {exc}. "
+            "Fix or re-point the alias before deploying; refusing to decide blind."
+        ) from exc
+    missing = [c for c in getattr(champion_model, "feature_names_in_", []) if c not in features.columns]
+    if missing:
+        return None, (
+            f"champion v{champion.version} expects column(s) {missing} the new data lacks (schema changed): "
+            "it cannot be scored, the threshold alone decides"
+        )
+    champion_score = float(evaluate(champion_model, features, target)[metric])
+    relation = ">=" if score >= champion_score - config.champion_tolerance else "<"
+    return champion_score, (
+        f"candidate {metric} {score:.4f} {relation} champion v{champion.version} {champion_score:.4f}"
+        + (f" - tolerance {config.champion_tolerance:.4f}" if config.champion_tolerance else "")
+        + " on the same held-out rows"
+    )
