@@ -1,7 +1,9 @@
 """Feature engineering shared by the ETL stage (for the processed dataset) and the model (at serving time).
 
 The model embeds :class:`DateParts`, so the endpoint accepts the raw declared columns and derives the same
-features the ETL wrote; the two can never disagree.
+features the ETL wrote; the two can never disagree. Every logged model carries a copy of this file as
+``mlpipeline/features.py`` (``registry.model_code_paths``), so it imports nothing from mlpipeline, and
+``mlpipeline.features.DateParts`` keeps its name: registered models refer to it.
 """
 
 from __future__ import annotations
