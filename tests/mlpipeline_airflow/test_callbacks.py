@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlpipeline.config import ConfigError, build_config
+from mlpipeline.dev.mailcatcher import MailCatcher
+from mlpipeline.storage import atomic_write_json
+from mlpipeline_airflow.callbacks import failure_recipients, notify_failure
+
+
+@dataclass
+class FakeTaskInstance:
+    """The attributes of Airflow's task instance that the callback reads; ``start_record`` is the start task's XCom."""
+
+    start_record: dict[str, Any] | None = None
+    dag_id: str = "ml_pipeline"
+    task_id: str = "etl"
+    run_id: str = "manual__2026-01-01T00:00:00+00:00"
+    try_number: int = 3
+    log_url: str = "http://airflow/log?task_id=etl"
+    pulled: list[str] = field(default_factory=list)
+
+    def xcom_pull(self, task_ids: str) -> dict[str, Any] | None:
+        self.pulled.append(task_ids)
+        return self.start_record if task_ids == "start" else None
+
+
+def _frozen_config(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """What the start task returns, with its config file written as start writes it."""
+    path = tmp_path / "runs" / "run1" / "config.json"
+    atomic_write_json(path, json.loads(build_config(settings).model_dump_json()))
+    return {"config_path": str(path), "run": "run1"}
+
+
+def test_emails_the_failure_to_the_runs_recipients(mail: MailCatcher, tmp_path: Path) -> None:
+    ti = FakeTaskInstance(_frozen_config(tmp_path, notification_email="run@example.com", email_from="bot@example.com"))
+    notify_failure({"ti": ti, "exception": ConfigError("accuracy_threshold: must be <= 1")})
+
+    [message] = mail.messages()
+    assert message["Subject"] == f"[ml_pipeline] FAILED: ml_pipeline.etl in run {ti.run_id}"
+    assert (message["To"], message["From"]) == ("run@example.com", "bot@example.com")
+    body = message.get_body(("html",)).get_content()
+    assert "ConfigError: accuracy_threshold: must be &lt;= 1" in body
+    assert ti.log_url in body
+    assert ti.pulled == ["start"]
+
+
+def test_without_an_exception_the_email_points_at_the_log(mail: MailCatcher, tmp_path: Path) -> None:
+    notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path))})
+    [message] = mail.messages()
+    assert "unknown error (see the task log)" in message.get_body(("html",)).get_content()
+
+
+def test_before_start_froze_a_config_the_variables_name_the_recipients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_NOTIFICATION_EMAIL", "oncall@example.com")
+    monkeypatch.setenv("AIRFLOW_VAR_EMAIL_FROM", "not an address")  # invalid: ignored, not fatal
+    config = failure_recipients({"ti": FakeTaskInstance(start_record=None)})
+    assert config.notification_email == ["oncall@example.com"]
+    assert config.email_from == build_config({}).email_from
+
+
+def test_an_unreadable_frozen_config_falls_back_to_the_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_NOTIFICATION_EMAIL", "oncall@example.com")
+    record = {"config_path": str(tmp_path / "gone.json"), "run": "run1"}
+    assert failure_recipients({"ti": FakeTaskInstance(record)}).notification_email == ["oncall@example.com"]
+
+
+def test_with_nothing_configured_the_defaults_receive_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_VAR_NOTIFICATION_EMAIL", raising=False)
+    monkeypatch.delenv("AIRFLOW_VAR_EMAIL_FROM", raising=False)
+    assert failure_recipients({"ti": FakeTaskInstance()}) == build_config({})
+
+
+@pytest.mark.usefixtures("mail_server_down")
+def test_never_raises_when_the_mail_server_is_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="mlpipeline_airflow.callbacks"):
+        notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path)), "exception": RuntimeError("boom")})
+    assert "could not send the failure email" in caplog.text
+    assert any(record.exc_info and isinstance(record.exc_info[1], OSError) for record in caplog.records)
