@@ -42,6 +42,7 @@ CRITICAL_PATH = [
     "etl",
     "train_model",
     "validate_model",
+    "decide",
     "deploy_model",
     "monitor",
     "success_email",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -17,6 +19,7 @@ DEPLOY_PATH = [
     "etl",
     "train_model",
     "validate_model",
+    "decide",
     "deploy_model",
     "monitor",
     "success_email",
@@ -32,11 +35,42 @@ def _champion(stack: LocalStack) -> str | None:
         return None
 
 
+def _serialized_dag(stack: LocalStack) -> dict:
+    """The DAG as the scheduler and the UI see it (written by ``dags reserialize`` in the fixture)."""
+    rows = query(stack, "SELECT data FROM serialized_dag WHERE dag_id = 'ml_pipeline'")
+    assert len(rows) == 1, rows
+    return json.loads(rows[0][0])["dag"]
+
+
 def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
     output = airflow_stack.airflow("dags", "list-import-errors", "-o", "json").stdout
     assert "ml_pipeline" not in output
     tasks = airflow_stack.airflow("tasks", "list", "ml_pipeline").stdout.split()
     assert set(tasks) == {*DEPLOY_PATH, "list_candidates", "retrain_alert"}
+
+    dag = _serialized_dag(airflow_stack)
+    serialized = {t["__var"]["task_id"]: t["__var"] for t in dag["tasks"]}
+    downstream = {task_id: set(t.get("downstream_task_ids", [])) for task_id, t in serialized.items()}
+    assert downstream == {
+        "start": {"crawl_data", "list_candidates"},
+        "crawl_data": {"etl"},
+        "list_candidates": {"train_model"},
+        "etl": {"train_model"},
+        "train_model": {"validate_model"},
+        # validate_model's record is the argument of decide and of both branches.
+        "validate_model": {"decide", "deploy_model", "retrain_alert"},
+        "decide": {"deploy_model", "retrain_alert"},
+        "deploy_model": {"monitor"},
+        "monitor": {"success_email"},
+        "success_email": {"end"},
+        "retrain_alert": {"end"},
+        "end": set(),
+    }
+    assert dag["edge_info"] == {"decide": {"deploy_model": {"label": "deploy"}, "retrain_alert": {"label": "reject"}}}
+    assert serialized["end"]["trigger_rule"] == "none_failed_min_one_success"
+    # Every task has a doc in the UI (a mapped task keeps its own in partial_kwargs).
+    docs = {task_id: t.get("doc_md") or t.get("partial_kwargs", {}).get("doc_md") for task_id, t in serialized.items()}
+    assert all(docs.values()), docs
 
 
 def test_threshold_zero_takes_the_deploy_path_and_serves_the_best_candidate(airflow_stack: LocalStack) -> None:
@@ -90,8 +124,8 @@ def test_threshold_out_of_reach_alerts_and_keeps_the_champion(airflow_stack: Loc
         dags_test(airflow_stack, {"accuracy_threshold": 0})
         before = _champion(airflow_stack)
     _, states = dags_test(airflow_stack, {"accuracy_threshold": 1.0})
-    assert states["validate_model"] == "success"
-    assert states["retrain_alert"] == "success"
+    for task in ("validate_model", "decide", "retrain_alert"):
+        assert states[task] == "success", task
     assert states["end"] == "success"
     for task in ("deploy_model", "monitor", "success_email"):
         assert states[task] == "skipped", task

@@ -183,6 +183,7 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
         "etl",
         "train_model",
         "validate_model",
+        "decide",
         "deploy_model",
         "monitor",
     }
@@ -192,6 +193,7 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
         "success_email": "io",
         "train_model": "training",
         "validate_model": "training",
+        "decide": "default",
         "start": "default",
         "list_candidates": "default",
         "etl": "default",
