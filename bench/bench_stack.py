@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 from common import PYTHON, REPO_ROOT, Section, Stats, jsonable, markdown_table, ratio, run_json, stats
 
+from mlpipeline.config import RUN_OVERRIDABLE_FIELDS
 from mlpipeline.dev.localstack import AirflowClient, ManagedProcess
 from mlpipeline.dev.stack import ProcessStack, local_argv
 from tests.services import process_stack
@@ -95,8 +96,13 @@ def _time(value: str | None) -> datetime:
 
 
 def run_dag(client: AirflowClient, dag_id: str, conf: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    """Trigger, wait, and return the run and its task instances (the run must succeed)."""
-    run_id = client.trigger(dag_id, conf)
+    """Trigger, wait, and return the run and its task instances (the run must succeed).
+
+    Settings a run may not change (the source, say) are set as Variables first, as an operator would."""
+    for key, value in conf.items():
+        if key not in RUN_OVERRIDABLE_FIELDS:
+            client.set_variable(key, value if isinstance(value, str) else json.dumps(value))
+    run_id = client.trigger(dag_id, {k: v for k, v in conf.items() if k in RUN_OVERRIDABLE_FIELDS})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")

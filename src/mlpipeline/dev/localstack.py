@@ -386,6 +386,14 @@ class AirflowClient:
         errors = self.http.get("/api/v2/importErrors").text[:2000]
         raise StackError(f"DAG {dag_id} did not appear within {timeout:.0f} s; import errors: {errors}")
 
+    def set_variable(self, key: str, value: str) -> None:
+        """Create or update an Airflow Variable (infrastructure settings are Variables, never run conf)."""
+        response = self.http.patch(f"/api/v2/variables/{key}", json={"key": key, "value": value})
+        if response.status_code == 404:
+            response = self.http.post("/api/v2/variables", json={"key": key, "value": value})
+        if response.status_code not in (200, 201):
+            raise StackError(f"setting Variable {key} failed ({response.status_code}): {response.text[:300]}")
+
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         response = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
