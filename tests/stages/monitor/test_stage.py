@@ -1,4 +1,4 @@
-"""Drift statistics, and the monitor stage end-to-end against a live model server and a real MLflow store."""
+"""The monitor stage end-to-end against a live model server and a real MLflow store."""
 
 from __future__ import annotations
 
@@ -8,107 +8,64 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipeline.config import DatasetSchema, PipelineConfig
+from mlpipeline.config import PipelineConfig
 from mlpipeline.serving import ServerThread, create_app
-from mlpipeline.stages.monitor import (
-    MonitorError,
-    categorical_psi,
-    drift_report,
-    ks_test,
-    monitor,
-    population_stability_index,
-)
+from mlpipeline.stages.monitor import DriftReport, LiveChecks, MonitorError, MonitorReport, monitor
 from mlpipeline.storage import read_json, run_key
 from tests import model_factory as mf
 from tests.model_factory import FEATURES, TARGET, LoggedModel, Registry
+from tests.stages.monitor.support import SCHEMA
 
 MODEL_NAME = "monitor_model"
 RUN = "manual__2026-01-02T03:04:05+00:00"
-SCHEMA = DatasetSchema(
-    target=TARGET,
-    columns=[
-        {"name": "tenure_months", "type": "integer"},
-        {"name": "support_tickets", "type": "integer"},
-        {"name": "monthly_charges", "type": "numeric"},
-        {"name": "contract", "type": "categorical"},
-        {"name": "region", "type": "categorical"},
-        {"name": "paperless_billing", "type": "boolean"},
-        {"name": "signup_date", "type": "date"},
-    ],
-)
 HOLDOUT_ROWS = 40
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pure statistics.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
-    rng = np.random.default_rng(0)
-    reference = rng.normal(0, 1, 5000)
-    assert population_stability_index(reference, reference) == pytest.approx(0.0, abs=1e-12)
-    assert population_stability_index(reference, rng.normal(0, 1, 5000)) < 0.02
-    assert population_stability_index(reference, rng.normal(1, 1, 5000)) > 0.2
-    # More missing values is a shift too (they have their own bin).
-    gappy = rng.normal(0, 1, 5000)
-    gappy[:1500] = np.nan
-    assert population_stability_index(reference, gappy) > 0.2
-    # Discrete data: tied quantiles collapse into fewer bins, still ~0 for the same distribution.
-    counts = rng.poisson(1.5, 5000)
-    assert population_stability_index(counts, rng.poisson(1.5, 5000)) < 0.02
-    assert population_stability_index(counts, rng.poisson(4, 5000)) > 0.2
-    with pytest.raises(ValueError):
-        population_stability_index([], [1.0])
-
-
-def test_categorical_psi() -> None:
-    rng = np.random.default_rng(1)
-    values = ["a", "b", "c"]
-    reference = rng.choice(values, 4000, p=[0.5, 0.3, 0.2])
-    assert categorical_psi(reference, rng.choice(values, 4000, p=[0.5, 0.3, 0.2])) < 0.01
-    assert categorical_psi(reference, rng.choice(values, 4000, p=[0.1, 0.2, 0.7])) > 0.2
-    # A category that never occurred before (or missing values) counts, thanks to the epsilon floor.
-    assert categorical_psi(reference, np.append(reference[:3000], ["z"] * 1000)) > 0.2
-    assert categorical_psi(reference, np.append(reference[:3000], [None] * 1000)) > 0.2
-
-
-def test_ks_test_separates_shifted_from_same_distribution() -> None:
-    rng = np.random.default_rng(2)
-    reference = rng.normal(0, 1, 2000)
-    _, p_same = ks_test(reference, rng.normal(0, 1, 2000))
-    statistic, p_shift = ks_test(reference, rng.normal(0.5, 1, 2000))
-    assert p_same > 0.01 and p_shift < 1e-6 and statistic > 0.1
-    assert all(np.isnan(ks_test(reference, [np.nan, np.nan])))
-
-
-def test_drift_report_flags_the_shifted_features() -> None:
-    reference = mf.make_frame(3000, seed=1)
-    same = drift_report(reference, mf.make_frame(3000, seed=2), SCHEMA, 0.2, 0.01)
-    assert set(same) == set(FEATURES)
-    assert [name for name, entry in same.items() if entry["drifted"]] == []
-    assert same["monthly_charges"]["kind"] == "numeric" and same["monthly_charges"]["ks_pvalue"] is not None
-    assert same["contract"]["kind"] == "categorical" and "ks_pvalue" not in same["contract"]
-    assert same["paperless_billing"]["kind"] == "boolean"
-    assert same["signup_date"]["kind"] == "date" and "days" in same["signup_date"]["note"]
-
-    shifted = drift_report(reference, mf.make_frame(3000, seed=3, shift=1.0), SCHEMA, 0.2, 0.01)
-    drifted = {name for name, entry in shifted.items() if entry["drifted"]}
-    assert {"tenure_months", "monthly_charges", "support_tickets", "contract", "signup_date"} <= drifted
-    assert "region" not in drifted  # its distribution did not move
-    assert shifted["contract"]["psi"] > 0.2
-
-    partial = drift_report(reference, mf.make_frame(500, seed=4).drop(columns=["region"]), SCHEMA)
-    assert partial["region"]["psi"] is None and "current" in partial["region"]["note"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The stage against a live endpoint.
-# ---------------------------------------------------------------------------------------------------------------
+# What the DAG, the emails and readers of monitor.json rely on.
+SUMMARY_KEYS = [
+    "healthy",
+    "served_version",
+    "expected_version",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "live_accuracy",
+    "requests",
+    "failures",
+    "drifted_features",
+    "max_psi",
+    "report_path",
+    "alerts",
+    "mlflow_run_id",
+]
+REPORT_KEYS = [
+    "run",
+    "checked_at",
+    "serving_url",
+    "model_name",
+    "healthy",
+    "served_version",
+    "expected_version",
+    "health",
+    "live",
+    "drift",
+    "problems",
+    "alerts",
+    "mlflow",
+]
+LIVE_KEYS = [
+    "requests",
+    "failures",
+    "errors",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_max_ms",
+    "latency_budget_ms",
+    "live_accuracy",
+    "scored_rows",
+    "batch",
+    "seconds",
+]
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +149,18 @@ def test_monitor_healthy_endpoint_end_to_end(
     assert result.live_accuracy == pytest.approx(offline)
     assert result.drifted_features == () and result.alerts == ()
     assert result.max_psi is not None and result.max_psi < 0.1
+    assert isinstance(result, MonitorReport)
+    assert isinstance(result.live, LiveChecks) and isinstance(result.drift, DriftReport)
     payload = result.to_dict()
     json.dumps(payload, allow_nan=False)  # an XCom value: strict JSON
+    assert list(payload) == SUMMARY_KEYS
     assert payload["drifted_features"] == [] and payload["alerts"] == []
 
     report = _report(config)
+    record = result.to_record()
+    assert list(record) == REPORT_KEYS and list(record["live"]) == LIVE_KEYS
+    assert report == json.loads(json.dumps(record))  # the file holds the full record (its keys sorted)
+    assert report["mlflow"] == {"tracking_uri": reg.tracking_uri, "run_id": result.mlflow_run_id, "error": None}
     assert report["healthy"] is True and report["live"]["batch"]["ok"] is True
     assert report["live"]["batch"]["disagreements"] == 0
     assert set(report["drift"]["features"]) == set(FEATURES)
