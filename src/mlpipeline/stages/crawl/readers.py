@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 _SCHEMA_SAMPLE_ROWS = 1000
 _COUNT_CHUNK_ROWS = 200_000
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
-_JSON_BLOCK = 16 << 20
+_JSON_BLOCK = 16 << 20  # Arrow's JSON block; its first block fixes the column types of the fast path
 
 
 def _text_value(value: Any) -> Any:
+    """One JSON value as the text a CSV would hold (NaN when missing)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return np.nan
     if isinstance(value, bool):
