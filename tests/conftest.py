@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 import os
+import secrets as _secrets
 
 # One OpenMP thread: on a busy 2-core machine spin-waiting threads make sklearn 10-20x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The secrets a deployment gets from .env: fresh per test session, inherited by every process the tests start.
+os.environ.setdefault("MLPIPELINE_MODEL_SIGNING_KEY", _secrets.token_hex(32))
+os.environ.setdefault("MLPIPELINE_SERVING_TOKEN", _secrets.token_urlsafe(32))
+# MLflow's telemetry thread cannot reach the internet here and races HTTP requests over os.environ.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import json
 import sqlite3
