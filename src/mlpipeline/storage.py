@@ -1,4 +1,8 @@
-"""Where data lives, and how it is written: atomically (temp file + rename), never half-written."""
+"""Where data lives, and how it is written: atomically (temp file + rename), never half-written.
+
+A temp sibling is named ``.<target>.<host>-<pid>.<random>.tmp`` after its writer, so a writer killed mid-write
+(SIGKILL runs no cleanup) leaves debris that the next write to the same target recognises and removes.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +70,97 @@ class DataLayout:
         return self.root / "state"
 
 
+# A temp entry whose writer cannot be checked (another host, or a PID that may have been reused) is stale after
+# this long: longer than any task's execution_timeout (training: 2 h), so a live writer is never robbed.
+STALE_TEMP_SECONDS = 6 * 3600.0
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
+# Names from before writers were recorded (tempfile's ".<target>.<random>.tmp"): judged by age only.
+_LEGACY_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:40] or "host"
+
+
+def temp_sibling(final: Path) -> Path:
+    """A fresh temp name beside ``final`` that records this writer (host, PID)."""
+    return final.parent / f".{final.name}.{_host_tag()}-{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def pid_is_alive(pid: int) -> bool:
+    """True if a process with this PID runs on this machine (a zombie, killed but not yet reaped, is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill()
+    return state not in ("Z", "X")
+
+
+def _is_stale(entry: Path, match: re.Match[str], now: float) -> bool:
+    try:
+        age = now - entry.lstat().st_mtime
+    except FileNotFoundError:
+        return False  # its writer renamed or removed it meanwhile
+    if age > STALE_TEMP_SECONDS:
+        return True
+    if "pid" not in match.groupdict() or match["host"] != _host_tag():
+        return False  # cannot check the writer: wait for the age limit
+    return int(match["pid"]) != os.getpid() and not pid_is_alive(int(match["pid"]))
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], target: str | None = None) -> list[tuple[Path, int]]:
+    """Delete the temp entries in ``directory`` (only those of ``target`` if given) whose writer is dead; return
+    each removed path with the bytes it held. Never touches this process's own or another live writer's."""
+    removed: list[tuple[Path, int]] = []
+    now = time.time()
+    try:
+        entries = [entry for entry in Path(directory).iterdir() if entry.name.endswith(".tmp")]
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name) or _LEGACY_TEMP_NAME.match(entry.name)
+        if match is None or (target is not None and match["target"] != target) or not _is_stale(entry, match, now):
+            continue
+        size = disk_usage(entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append((entry, size))
+    return removed
+
+
+def disk_usage(path: str | os.PathLike[str]) -> int:
+    """Bytes of the files under ``path`` (or of the file itself); entries vanishing meanwhile count 0."""
+    root = Path(path)
+    try:
+        if not root.is_dir() or root.is_symlink():
+            return root.lstat().st_size
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path next to ``final``; rename it over ``final`` only if the block succeeds."""
     final_path = Path(final)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    remove_stale_temps(final_path.parent, final_path.name)
+    tmp_path = temp_sibling(final_path)
+    os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as handle:
@@ -105,13 +194,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory under a temp name and rename it into place only when complete.
 
-    Refuses to replace an existing directory: snapshots are immutable.
+    Refuses to replace an existing directory: snapshots are immutable. Temp directories of earlier writers of
+    ``final`` that died mid-write are removed first.
     """
     final_path = Path(final)
     if final_path.exists():
         raise FileExistsError(f"{final_path} already exists and is immutable")
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent))
+    remove_stale_temps(final_path.parent, final_path.name)
+    tmp_path = temp_sibling(final_path)
+    tmp_path.mkdir(mode=0o700)
     try:
         yield tmp_path
         os.rename(tmp_path, final_path)
