@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
 
 # An error response lists at most this many problems (and says how many more there were).
 MAX_ERRORS_REPORTED = 20
+# Request values and column names are quoted in error messages at most this long, and at most this many names per
+# message: the caller controls them, and an error must not echo a megabyte back.
+MAX_QUOTED_CHARS = 40
+MAX_NAMES_QUOTED = 5
 
 
 class InputError(ValueError):
@@ -32,6 +37,31 @@ class InputError(ValueError):
         if more > 0:
             parts.append(f"... and {more} more problem(s)")
         super().__init__("; ".join(parts))
+
+
+def quoted(value: Any) -> str:
+    """A request value as an error message shows it: type and a clipped repr; containers only by size.
+
+    Containers are never repr'd: a nested value can be megabytes long and deep enough to exhaust the recursion limit.
+    """
+    if isinstance(value, (list, dict)):
+        return f"{type(value).__name__} of {len(value)} item(s)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit str() limit
+        text = "(too long to show)"
+    return f"{type(value).__name__} {_clip(text)}"
+
+
+def quoted_names(names: Collection[str]) -> str:
+    """Column names for an error message: at most MAX_NAMES_QUOTED of them (sorted), each clipped."""
+    listed = [_clip(name) for name in heapq.nsmallest(MAX_NAMES_QUOTED, names)]
+    more = len(names) - len(listed)
+    return f"{listed}" + (f" and {more} more" if more > 0 else "")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 3] + "..."
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -62,23 +92,23 @@ def _to_float(value: Any) -> float:
         try:
             number = float(value)
         except OverflowError:
-            raise _BadValue(f"number {value!r} is too large") from None
+            raise _BadValue(f"number too large: {quoted(value)}") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
-            raise _BadValue(f"expected a number, got {value!r}") from None
+            raise _BadValue(f"expected a number, got {quoted(value)}") from None
     else:
-        raise _BadValue(f"expected a number, got {type(value).__name__} {value!r}")
+        raise _BadValue(f"expected a number, got {quoted(value)}")
     if math.isinf(number):
-        raise _BadValue(f"expected a finite number, got {value!r}")
+        raise _BadValue(f"expected a finite number, got {quoted(value)}")
     return number
 
 
 def _to_int(value: Any) -> float:
     number = _to_float(value)
     if not math.isnan(number) and number != math.floor(number):
-        raise _BadValue(f"expected an integer, got {value!r}")
+        raise _BadValue(f"expected an integer, got {quoted(value)}")
     return number
 
 
@@ -88,7 +118,7 @@ def _to_str(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         # Integer-looking categories (codes) arrive as JSON numbers often enough to accept them.
         return str(value)
-    raise _BadValue(f"expected a string, got {type(value).__name__} {value!r}")
+    raise _BadValue(f"expected a string, got {quoted(value)}")
 
 
 def _to_bool(value: Any) -> bool:
@@ -102,7 +132,7 @@ def _to_bool(value: Any) -> bool:
             return True
         if text in FALSE_TOKENS:
             return False
-    raise _BadValue(f"expected a boolean, got {type(value).__name__} {value!r}")
+    raise _BadValue(f"expected a boolean, got {quoted(value)}")
 
 
 _MIN_DATETIME = dt.datetime(1678, 1, 1)
@@ -121,14 +151,14 @@ def _to_datetime(value: Any) -> dt.datetime:
         try:
             when = dt.datetime.fromisoformat(text)
         except ValueError:
-            raise _BadValue(f"expected an ISO 8601 date/datetime string, got {value!r}") from None
+            raise _BadValue(f"expected an ISO 8601 date/datetime string, got {quoted(value)}") from None
     else:
-        raise _BadValue(f"expected an ISO 8601 date/datetime string, got {type(value).__name__} {value!r}")
+        raise _BadValue(f"expected an ISO 8601 date/datetime string, got {quoted(value)}")
     if when.tzinfo is not None:
         # Training data holds naive UTC timestamps; normalise aware inputs to that.
         when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
     if not _MIN_DATETIME <= when < _MAX_DATETIME:
-        raise _BadValue(f"datetime {value!r} is out of the supported range (1678..2261)")
+        raise _BadValue(f"datetime {quoted(value)} is out of the supported range (1678..2261)")
     return when
 
 
@@ -257,9 +287,9 @@ class InputSchema:
 
     def arrays(self, rows: Sequence[Any]) -> dict[str, np.ndarray]:
         """Validate JSON rows into one typed numpy array per input column (the DataFrame's columns)."""
-        errors = self._shape_errors(rows)
+        errors, total = self._shape_errors(rows)
         if errors:
-            raise InputError(errors[:MAX_ERRORS_REPORTED], len(errors))
+            raise InputError(errors, total)
         data: dict[str, np.ndarray] = {}
         for column in self.columns:
             values = [row.get(column.name) for row in rows]
@@ -269,20 +299,29 @@ class InputSchema:
             raise InputError(errors[:MAX_ERRORS_REPORTED], len(errors))
         return data
 
-    def _shape_errors(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
-        """Rows that are not objects, lack a required column or carry an unknown one."""
+    def _shape_errors(self, rows: Sequence[Any]) -> tuple[list[dict[str, Any]], int]:
+        """Rows that are not objects, lack a required column or carry an unknown one: the first
+        MAX_ERRORS_REPORTED problems, and how many there are in all."""
         errors: list[dict[str, Any]] = []
+        total = 0
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
-                errors.append({"row": index, "column": None, "error": f"expected an object, got {type(row).__name__}"})
+                problems = [f"expected an object, got {type(row).__name__}"]
+            elif row.keys() == self.names:
                 continue
-            keys = row.keys()
-            if keys == self.names:
-                continue
-            missing = sorted(self.required - keys)
-            extra = sorted(keys - self.names)
-            if missing:
-                errors.append({"row": index, "column": None, "error": f"missing column(s) {missing}"})
-            if extra:
-                errors.append({"row": index, "column": None, "error": f"unknown column(s) {extra}"})
-        return errors
+            else:
+                problems = self._column_problems(row.keys())
+            total += len(problems)
+            for problem in problems[: MAX_ERRORS_REPORTED - len(errors)]:
+                errors.append({"row": index, "column": None, "error": problem})
+        return errors, total
+
+    def _column_problems(self, keys: Collection[str]) -> list[str]:
+        problems = []
+        missing = self.required - keys
+        if missing:
+            problems.append(f"missing column(s) {quoted_names(missing)}")
+        extra = [key for key in keys if key not in self.names]
+        if extra:
+            problems.append(f"unknown column(s) {quoted_names(extra)}")
+        return problems
