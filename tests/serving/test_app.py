@@ -85,6 +85,11 @@ def client(reg: Registry, main_model: LoggedModel) -> Iterator[TestClient]:
         yield test_client
 
 
+def _auth() -> dict[str, str]:
+    # tests/conftest.py puts a per-session token in the environment, as .env does in a deployment.
+    return {"Authorization": f"Bearer {os.environ['MLPIPELINE_SERVING_TOKEN']}"}
+
+
 def _offline(model: Any, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray]:
     return model.predict(frame[FEATURES]).tolist(), model.predict_proba(frame[FEATURES])[:, 1]
 
@@ -240,9 +245,9 @@ def test_no_champion_serves_503_until_one_is_promoted(reg: Registry) -> None:
         assert client.get("/model").status_code == 503
         assert client.get("/model").json()["fast_path"] == {"active": False, "reason": "no model is loaded"}
         assert client.post("/predict", json={"rows": row}).status_code == 503
-        assert client.post("/reload").status_code == 503
+        assert client.post("/reload", headers=_auth()).status_code == 503
         logged = reg.register(reg.base(0), "serving_empty")
-        reloaded = client.post("/reload")
+        reloaded = client.post("/reload", headers=_auth())
         assert reloaded.status_code == 200 and reloaded.json()["version"] == logged.version
         assert client.post("/predict", json={"rows": row}).status_code == 200
 
@@ -258,7 +263,7 @@ def test_reload_swaps_versions_and_a_broken_version_keeps_the_old_model(reg: Reg
         _assert_matches(client.post("/predict", json={"rows": rows}).json(), v1, frame)
 
         reg.set_alias("serving_swap", v2.version)
-        reloaded = client.post("/reload")
+        reloaded = client.post("/reload", headers=_auth())
         assert reloaded.status_code == 200 and reloaded.json()["version"] == v2.version
         _assert_matches(client.post("/predict", json={"rows": rows}).json(), v2, frame)
 
@@ -266,7 +271,7 @@ def test_reload_swaps_versions_and_a_broken_version_keeps_the_old_model(reg: Reg
         broken = reg.log_model("serving_swap", seed=3, alias=None, rows=200)
         reg.break_version(broken)
         reg.set_alias("serving_swap", broken.version)
-        failed = client.post("/reload")
+        failed = client.post("/reload", headers=_auth())
         assert failed.status_code == 503
         assert failed.json()["version"] == v2.version
         assert f"version {broken.version} failed" in failed.json()["last_error"]
@@ -280,7 +285,7 @@ def test_reload_swaps_versions_and_a_broken_version_keeps_the_old_model(reg: Reg
 
         # Pointing the alias back at a good version clears the error.
         reg.set_alias("serving_swap", v1.version)
-        assert client.post("/reload").json()["version"] == v1.version
+        assert client.post("/reload", headers=_auth()).json()["version"] == v1.version
         assert client.get("/health").json()["status"] == "ok"
 
 
@@ -339,7 +344,7 @@ def test_concurrent_predictions_during_swaps_all_succeed(reg: Registry) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             for version in [v2.version, v1.version] * 2:
                 reg.set_alias("serving_concurrent", version)
-                assert http.post("/reload").json()["version"] == version
+                assert http.post("/reload", headers=_auth()).json()["version"] == version
                 time.sleep(0.05)
         stop.set()
         for worker in workers:

@@ -4,10 +4,15 @@ Serves ``models:/<name>@<alias>`` from the MLflow registry as a native scikit-le
 and validates requests against the model's logged input signature. A background thread watches the alias; a new
 version is loaded and warmed up completely before one reference is swapped.
 
+Only ``POST /reload`` changes state, and it needs ``Authorization: Bearer $MLPIPELINE_SERVING_TOKEN``; ``/predict``,
+``/health`` (503 while no model is served), ``/live``, ``/model`` and ``/metrics`` are open, for callers inside the
+network.
+
 Modules: ``settings`` (environment/CLI settings), ``schema`` (input schema, request value conversion, InputError),
-``loading`` (load_model_version, LoadedModel), ``fastpath`` (the numpy fast path and its verification), ``state``
-(ModelServer: polling, hot swap), ``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``app``
-(create_app, app_from_env), ``cli`` (main, ServerThread, serve_in_thread).
+``guards`` (bearer-token dependency, body size limit, bounded error bodies), ``loading`` (load_model_version,
+LoadedModel), ``fastpath`` (the numpy fast path and its verification), ``state`` (ModelServer: polling, hot swap),
+``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``app`` (create_app, app_from_env), ``cli``
+(main, ServerThread, serve_in_thread).
 """
 
 import os
@@ -25,10 +30,11 @@ from mlpipeline.serving.fastpath import FastPathStatus
 from mlpipeline.serving.loading import LoadedModel, load_model_version
 from mlpipeline.serving.metrics import ServingMetrics
 from mlpipeline.serving.schema import InputColumn, InputError, InputSchema
-from mlpipeline.serving.settings import DEFAULT_MAX_ROWS, DEFAULT_POLL_SECONDS, ServerSettings
+from mlpipeline.serving.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, DEFAULT_POLL_SECONDS, ServerSettings
 from mlpipeline.serving.state import ModelServer
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_POLL_SECONDS",
     "FastPathStatus",

@@ -1,20 +1,35 @@
 """The FastAPI app factory: one app serves ``models:/<name>@<alias>`` and follows the alias.
 
+Its guards (:mod:`mlpipeline.serving.guards`): ``POST /reload`` needs the bearer token, request bodies are capped
+before they are read, error bodies stay small; ``/predict``, ``/health``, ``/live``, ``/model`` and ``/metrics`` are
+open to whoever can reach the port, which is meant to be inside the network only.
+
 Run it with ``uvicorn --factory mlpipeline.serving:app_from_env`` or ``python -m mlpipeline.serving --port 8000``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from mlpipeline.constants import DEFAULT_ALIAS
+from mlpipeline.serving.guards import BodyLimitMiddleware, Cooldown, error_content
 from mlpipeline.serving.metrics import MetricsMiddleware
 from mlpipeline.serving.routes import ROUTE_PATHS, router
-from mlpipeline.serving.settings import DEFAULT_MAX_ROWS, DEFAULT_POLL_SECONDS, ServerSettings
+from mlpipeline.serving.settings import (
+    DEFAULT_FORCE_RELOAD_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_POLL_SECONDS,
+    ServerSettings,
+    serving_token_from,
+)
 from mlpipeline.serving.state import ModelServer
 
 
@@ -41,9 +56,19 @@ def app_for(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="mlpipeline model server", version="1", lifespan=_lifespan)
     app.state.server = server
     app.state.settings = settings
+    app.state.force_reload_cooldown = Cooldown(settings.force_reload_seconds)
+    # Added first, so it runs inside the metrics middleware: refused bodies are counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=ROUTE_PATHS)
+    app.add_exception_handler(RequestValidationError, _bounded_validation_error)
     app.include_router(router)
     return app
+
+
+async def _bounded_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own handler echoes every offending input back, unbounded.
+    errors = [{"where": list(e.get("loc", ())), "error": str(e.get("msg", ""))} for e in exc.errors()[:5]]
+    return JSONResponse(error_content("invalid request", errors), status_code=422)
 
 
 def create_app(
@@ -53,9 +78,28 @@ def create_app(
     alias: str = DEFAULT_ALIAS,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     max_rows: int = DEFAULT_MAX_ROWS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    force_reload_seconds: float = DEFAULT_FORCE_RELOAD_SECONDS,
+    serving_token: str | None = None,
 ) -> FastAPI:
-    """Build the server app for explicit settings (see :class:`ServerSettings`)."""
-    return app_for(ServerSettings(tracking_uri, model_name, alias, poll_seconds, max_rows))
+    """Build the server app for explicit settings (see :class:`ServerSettings`).
+
+    The bearer token is a secret, so by default (None) it comes from ``$MLPIPELINE_SERVING_TOKEN`` as in a
+    deployment; ``""`` builds an app whose state-changing endpoints are disabled.
+    """
+    token = serving_token_from(os.environ) if serving_token is None else serving_token
+    return app_for(
+        ServerSettings(
+            tracking_uri,
+            model_name,
+            alias,
+            poll_seconds,
+            max_rows,
+            max_body_bytes=max_body_bytes,
+            force_reload_seconds=force_reload_seconds,
+            serving_token=token,
+        )
+    )
 
 
 def app_from_env() -> FastAPI:

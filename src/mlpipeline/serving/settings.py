@@ -10,23 +10,44 @@ from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 
 DEFAULT_POLL_SECONDS = 10.0
 DEFAULT_MAX_ROWS = 10_000
+# 10,000 rows of the churn features are ~1.8 MB of JSON; a body above this is refused before it is read.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# An authenticated caller may force a full download and load at most this often.
+DEFAULT_FORCE_RELOAD_SECONDS = 30.0
 
 # The environment variables read by app_from_env (and set by ``python -m mlpipeline.serving`` from its options).
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_MODEL_NAME = "MLPIPELINE_MODEL_NAME"
 ENV_ALIAS = "MLPIPELINE_MODEL_ALIAS"
 ENV_POLL_SECONDS = "MLPIPELINE_POLL_SECONDS"
+ENV_MAX_ROWS = "MLPIPELINE_MAX_ROWS"
+ENV_MAX_BODY_BYTES = "MLPIPELINE_MAX_BODY_BYTES"
+ENV_FORCE_RELOAD_SECONDS = "MLPIPELINE_FORCE_RELOAD_SECONDS"
+# A secret: read from the environment only (.env in a deployment), never a command-line option, never logged.
+ENV_SERVING_TOKEN = "MLPIPELINE_SERVING_TOKEN"
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """What one server app serves and how: the registry, the registered model and alias, polling, request size."""
+    """What one server app serves and how: the registry, the registered model and alias, polling, request limits,
+    and the bearer token of the state-changing endpoints (None: those endpoints are disabled)."""
 
     tracking_uri: str
     model_name: str = DEFAULT_MODEL_NAME
     alias: str = DEFAULT_ALIAS
     poll_seconds: float = DEFAULT_POLL_SECONDS  # 0 or less: no polling, only POST /reload
     max_rows: int = DEFAULT_MAX_ROWS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    force_reload_seconds: float = DEFAULT_FORCE_RELOAD_SECONDS
+    serving_token: str | None = dataclasses.field(default=None, repr=False)  # repr=False: never in a log line
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1, got {self.max_body_bytes}")
+        if not self.serving_token:
+            object.__setattr__(self, "serving_token", None)  # an empty token would let an empty header in
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -41,7 +62,16 @@ class ServerSettings:
             model_name=environ.get(ENV_MODEL_NAME) or DEFAULT_MODEL_NAME,
             alias=environ.get(ENV_ALIAS) or DEFAULT_ALIAS,
             poll_seconds=_seconds(environ, ENV_POLL_SECONDS, DEFAULT_POLL_SECONDS),
+            max_rows=_positive_int(environ, ENV_MAX_ROWS, DEFAULT_MAX_ROWS),
+            max_body_bytes=_positive_int(environ, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES),
+            force_reload_seconds=_seconds(environ, ENV_FORCE_RELOAD_SECONDS, DEFAULT_FORCE_RELOAD_SECONDS),
+            serving_token=serving_token_from(environ),
         )
+
+
+def serving_token_from(environ: Mapping[str, str]) -> str | None:
+    """The configured bearer token, or None when it is unset or blank."""
+    return environ.get(ENV_SERVING_TOKEN, "").strip() or None
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -52,3 +82,16 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
