@@ -10,6 +10,7 @@ Run it with ``uvicorn --factory mlpipeline.serving:app_from_env`` or ``python -m
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -27,10 +28,13 @@ from mlpipeline.serving.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     DEFAULT_POLL_SECONDS,
+    ENV_SERVING_TOKEN,
     ServerSettings,
     serving_token_from,
 )
 from mlpipeline.serving.state import ModelServer
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +61,10 @@ def app_for(settings: ServerSettings) -> FastAPI:
     app.state.server = server
     app.state.settings = settings
     app.state.force_reload_cooldown = Cooldown(settings.force_reload_seconds)
+    if settings.serving_token is None:
+        log.warning(
+            "%s is not set: POST /reload is disabled (the alias poller keeps the model current)", ENV_SERVING_TOKEN
+        )
     # Added first, so it runs inside the metrics middleware: refused bodies are counted too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=ROUTE_PATHS)

@@ -17,10 +17,17 @@ from fastapi import FastAPI
 from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from mlpipeline.serving.app import app_from_env
 from mlpipeline.serving.settings import (
+    DEFAULT_FORCE_RELOAD_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
     DEFAULT_POLL_SECONDS,
     ENV_ALIAS,
+    ENV_FORCE_RELOAD_SECONDS,
+    ENV_MAX_BODY_BYTES,
+    ENV_MAX_ROWS,
     ENV_MODEL_NAME,
     ENV_POLL_SECONDS,
+    ENV_SERVING_TOKEN,
     ENV_TRACKING_URI,
 )
 
@@ -101,7 +108,13 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlpipeline.serving", description="FastAPI model server for the registered champion model."
+        prog="python -m mlpipeline.serving",
+        description="FastAPI model server for the registered champion model.",
+        # The token is a secret: it has no option, so it never shows on a command line.
+        epilog=f"POST /reload needs 'Authorization: Bearer <token>' with the token from ${ENV_SERVING_TOKEN} (unset: "
+        f"the endpoint is disabled). Request limits: ${ENV_MAX_BODY_BYTES} (default {DEFAULT_MAX_BODY_BYTES}), "
+        f"${ENV_MAX_ROWS} (default {DEFAULT_MAX_ROWS}); forced reloads at most every ${ENV_FORCE_RELOAD_SECONDS} "
+        f"(default {DEFAULT_FORCE_RELOAD_SECONDS:g}) seconds.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed when ready)")
