@@ -182,3 +182,7 @@ def test_disk_usage_counts_files_below_a_directory(tmp_path: Path) -> None:
     assert disk_usage(tmp_path / "a") == 123
     assert disk_usage(tmp_path / "a" / "one") == 100
     assert disk_usage(tmp_path / "missing") == 0
+    # What deleting would free: a file hard-linked elsewhere (an unchanged crawl's data file) frees nothing.
+    os.link(tmp_path / "a" / "one", tmp_path / "shared")
+    assert disk_usage(tmp_path / "a") == 123
+    assert disk_usage(tmp_path / "a", unshared_only=True) == 23

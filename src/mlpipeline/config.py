@@ -218,6 +218,25 @@ class PipelineConfig(BaseModel):
     )
     email_from: str = Field(default="ml-pipeline@example.com", description="Sender address.")
 
+    # --- retention (applied by the ml_maintenance DAG) ----------------------------------------------------
+    retention_runs: int = Field(
+        default=14,
+        ge=1,
+        description="Keep the newest N pipeline runs' raw/, processed/, models/ and runs/ directories; older ones "
+        "are deleted, except the champion's, its predecessor's and any run that may still be active.",
+    )
+    retention_registry_versions: int = Field(
+        default=10,
+        ge=1,
+        description="Keep the newest M registered model versions; older ones without an alias are deleted, "
+        "except the champion's predecessor and versions of runs that may still be active.",
+    )
+    retention_grace_hours: float = Field(
+        default=24.0,
+        ge=1,
+        description="A run with a file written this recently may still be active: retention leaves it alone.",
+    )
+
     @field_validator("crawl_url", "serving_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

@@ -127,3 +127,83 @@ def load_sklearn_model(model_uri: str) -> Any:
         for entry in (Counter(sys.path) - Counter(path_before)).elements():
             sys.path.remove(entry)
         sys.modules.update(ours_before)
+
+
+# --- Debris of killed attempts, and retiring old versions -------------------------------------------------------
+
+ORPHANED_TAG = "orphaned"
+# Tags deploy writes on a version: when it went live, and which version it replaced.
+DEPLOYED_AT_TAG = "deployed_at"
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+
+
+def _filter_value(value: str) -> str:
+    """A string literal for an MLflow search filter (which has no escape for a quote inside a literal)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search for a tag value holding both quote characters: {value[:100]!r}")
+
+
+def end_orphan_runs(client: MlflowClient, experiment_id: str, match_tags: dict[str, str]) -> list[str]:
+    """Mark FAILED, tagged ``orphaned=true``, the runs of the experiment that carry all of ``match_tags`` and are
+    still RUNNING: what an attempt killed mid-way left behind (SIGKILL ends no run). Returns their run ids.
+
+    Call it before the attempt that replaces them starts its own run, with tags that name one attempt's work
+    (e.g. the pipeline run and the candidate), so the runs of other, live tasks never match.
+    """
+    if not match_tags:
+        raise ValueError("match_tags must name the attempt's work: without them every running run would match")
+    clauses = ["attributes.status = 'RUNNING'"]
+    for key, value in match_tags.items():
+        if "`" in key:
+            raise ValueError(f"tag key {key[:100]!r} contains a backtick")
+        clauses.append(f"tags.`{key}` = {_filter_value(str(value))}")
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string=" and ".join(clauses), max_results=1000):
+        client.set_tag(run.info.run_id, ORPHANED_TAG, "true")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        ended.append(run.info.run_id)
+    return ended
+
+
+def protected_versions(client: MlflowClient, model_name: str, champion_alias: str) -> dict[str, str]:
+    """Versions retention must keep, with the reason: every version an alias points at, the champion's recorded
+    predecessor, and the version that was champion before it (the newest other one deploy stamped), in case a
+    deploy died before recording its predecessor."""
+    try:
+        aliases = client.get_registered_model(model_name).aliases
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return {}
+        raise
+    protected = {str(version): f"alias {alias!r}" for alias, version in aliases.items()}
+    champion = aliases.get(champion_alias)
+    if champion is None:
+        return protected
+    recorded = client.get_model_version(model_name, str(champion)).tags.get(PREVIOUS_CHAMPION_TAG)
+    if recorded:
+        protected.setdefault(recorded, "the champion's predecessor")
+    deployed = [
+        (v.tags[DEPLOYED_AT_TAG], int(v.version))
+        for v in all_versions(client, model_name)
+        if v.tags.get(DEPLOYED_AT_TAG) and str(v.version) != str(champion)
+    ]
+    if deployed:
+        protected.setdefault(str(max(deployed)[1]), "the previous champion")
+    return protected
+
+
+def all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
+    """Every version of the registered model, newest first (following pages)."""
+    versions: list[ModelVersion] = []
+    page_token = None
+    while True:
+        page = client.search_model_versions(
+            f"name = {_filter_value(model_name)}", max_results=1000, page_token=page_token
+        )
+        versions.extend(page)
+        page_token = page.token
+        if not page_token:
+            return sorted(versions, key=lambda v: int(v.version), reverse=True)

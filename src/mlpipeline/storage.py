@@ -137,20 +137,29 @@ def remove_stale_temps(directory: str | os.PathLike[str], target: str | None = N
     return removed
 
 
-def disk_usage(path: str | os.PathLike[str]) -> int:
-    """Bytes of the files under ``path`` (or of the file itself); entries vanishing meanwhile count 0."""
+def disk_usage(path: str | os.PathLike[str], *, unshared_only: bool = False) -> int:
+    """Bytes of the files under ``path`` (or of the file itself); entries vanishing meanwhile count 0.
+    ``unshared_only``: count only files with no other hard link, i.e. what deleting ``path`` would free (an
+    unchanged crawl hard-links the previous snapshot's data file)."""
     root = Path(path)
     try:
         if not root.is_dir() or root.is_symlink():
-            return root.lstat().st_size
+            return _file_bytes(root, unshared_only)
     except FileNotFoundError:
         return 0
     total = 0
     for folder, _, files in os.walk(root):
         for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(folder, name)).st_size
+            total += _file_bytes(Path(folder, name), unshared_only)
     return total
+
+
+def _file_bytes(path: Path, unshared_only: bool) -> int:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return 0
+    return 0 if unshared_only and info.st_nlink > 1 else info.st_size
 
 
 @contextlib.contextmanager
