@@ -137,3 +137,58 @@ def test_unknown_setting_error_is_bounded() -> None:
     with pytest.raises(ConfigError) as caught:
         build_config({"x" * 1_000_000: 1})
     assert len(str(caught.value)) < 5_000
+
+
+def test_crawl_and_data_bounds_have_defaults() -> None:
+    config = build_config()
+    assert config.crawl_allowed_origins == [] and config.crawl_deadline_seconds == 600
+    assert config.crawl_max_rows == 20_000_000 and config.crawl_max_uncompressed_bytes == 1 << 30
+    assert (config.max_missing_fraction, config.max_cell_chars, config.max_quarantine_rows) == (0.5, 10_000, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('["https://mirror.example", "http://10.0.0.5:8080/"]', ["https://mirror.example", "http://10.0.0.5:8080/"]),
+        ("https://a.example, https://b.example:8443", ["https://a.example", "https://b.example:8443"]),
+    ],
+)
+def test_allowed_origins_from_a_variable(raw: str, expected: list[str]) -> None:
+    assert load_config({"crawl_allowed_origins": raw}.get).crawl_allowed_origins == expected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://mirror.example/data",
+        "ftp://mirror.example",
+        "https://user:secret@mirror.example",
+        "https://mirror.example:99999",
+        "https://mirror.example?x=1",
+        "mirror.example",
+    ],
+)
+def test_an_allowed_origin_is_only_scheme_host_and_port(origin: str) -> None:
+    with pytest.raises(ConfigError, match=r"crawl_allowed_origins.*not an origin"):
+        build_config({"crawl_allowed_origins": [origin]})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("crawl_deadline_seconds", 0),
+        ("crawl_max_rows", 0),
+        ("crawl_max_uncompressed_bytes", -1),
+        ("max_missing_fraction", 1.5),
+        ("max_cell_chars", 0),
+        ("max_quarantine_rows", -1),
+    ],
+)
+def test_bounds_must_be_sensible(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        build_config({field: value})
+
+
+def test_a_run_may_not_widen_where_the_crawl_goes() -> None:
+    with pytest.raises(ConfigError, match="crawl_allowed_origins: may not be changed by a run's conf"):
+        load_config({}.get, {"crawl_allowed_origins": ["http://169.254.169.254"]})

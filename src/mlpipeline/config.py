@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -154,6 +155,21 @@ class PipelineConfig(BaseModel):
     crawl_records_field: str = Field(
         default="records", description="json_api: the field of each page that holds the rows."
     )
+    crawl_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) besides crawl_url's that redirects and next links may lead to;"
+        " any other origin is refused (a JSON list, or origins separated by commas).",
+    )
+    crawl_deadline_seconds: float = Field(
+        default=600.0, gt=0, description="The whole crawl (all requests, retries and waits) must end within this."
+    )
+    crawl_max_rows: int = Field(default=20_000_000, gt=0, description="Refuse sources with more rows than this.")
+    crawl_max_uncompressed_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Refuse Parquet sources whose data, decompressed and decoded, is larger than this (bytes);"
+        " checked from the file's metadata and dictionaries before any column is expanded.",
+    )
 
     # --- data -------------------------------------------------------------------------------------------
     data_dir: str = Field(default="data", description="Root of raw/, processed/, runs/ (path or file URI).")
@@ -166,6 +182,19 @@ class PipelineConfig(BaseModel):
     min_rows: int = Field(default=100, ge=10, description="ETL fails if fewer clean rows than this remain.")
     etl_chunk_rows: int = Field(
         default=250_000, ge=1, description="ETL reads and cleans this many rows at a time; bounds its memory."
+    )
+    max_missing_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="ETL fails if a declared column the source has is missing in more than this share of the clean"
+        " rows (imputing it would train on made-up values).",
+    )
+    max_cell_chars: int = Field(
+        default=10_000, ge=1, description="A row with a longer value in a column the ETL uses is quarantined."
+    )
+    max_quarantine_rows: int = Field(
+        default=10_000, ge=0, description="At most this many bad rows are written to quarantine.csv (all are counted)."
     )
 
     # --- model ------------------------------------------------------------------------------------------
@@ -242,6 +271,33 @@ class PipelineConfig(BaseModel):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("crawl_allowed_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a Variable may hold "https://a.example, https://b.example"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("crawl_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise ValueError(f"not an origin (bad port): {origin[:100]!r}") from None
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+                or "@" in parts.netloc
+            ):
+                raise ValueError(f"not an origin (expected scheme://host[:port]): {origin[:100]!r}")
         return value
 
     @field_validator("notification_email", mode="before")
