@@ -16,8 +16,14 @@ Format selection (``config.crawl_format``):
 Failures raise :class:`CrawlError` with the URL, the HTTP status or network error, and what to check; nothing is
 written. Transient failures are retried (see :mod:`.http_client`).
 
-Modules: :mod:`.result` (file names, result, error), :mod:`.http_client` (retries, byte budget), :mod:`.formats`
-(format detection), :mod:`.fetch` (bodies and API pages), :mod:`.readers` (reading snapshots, also for the ETL),
+Bounds (each refusal is a non-retryable :class:`CrawlError`): redirects and ``next`` links only to ``crawl_url``'s
+origin or ``crawl_allowed_origins``; the whole crawl within ``crawl_deadline_seconds``; at most ``crawl_max_bytes``
+received (decoded), ``crawl_max_rows`` rows and, for Parquet, ``crawl_max_uncompressed_bytes`` once decompressed
+and decoded (checked from its metadata and dictionaries before anything is expanded).
+
+Modules: :mod:`.result` (file names, result, error), :mod:`.guards` (allowed origins, deadline),
+:mod:`.http_client` (retries, redirects, byte budget), :mod:`.formats` (format detection), :mod:`.fetch` (bodies
+and API pages), :mod:`.limits` (Parquet size checks), :mod:`.readers` (reading snapshots, also for the ETL),
 :mod:`.snapshot` (history, manifest, the stage).
 """
 

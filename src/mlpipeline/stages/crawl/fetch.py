@@ -5,7 +5,8 @@
   are the list in ``crawl_records_field``, or, if the page has no such field, in ``data``; a page that is itself a
   JSON list is one final page. The next page is the ``next`` link (top-level ``next`` or ``links.next``, absolute
   or relative), else ``next_cursor`` sent back as the ``cursor`` query parameter; no link and no cursor ends the
-  crawl. More than ``crawl_max_pages`` pages is an error.
+  crawl. More than ``crawl_max_pages`` pages is an error, and so is a ``next`` link to an origin the crawl may not
+  reach (see :mod:`.guards`).
 * ``auto``: the format from :func:`~mlpipeline.stages.crawl.formats.detect_format`; JSON means ``json_api``.
 """
 
@@ -24,8 +25,21 @@ import httpx
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.stages.crawl.formats import detect_format, looks_like_html
-from mlpipeline.stages.crawl.http_client import CHUNK_BYTES, Budget, HttpClient, with_query
+from mlpipeline.stages.crawl.http_client import Budget, HttpClient, with_query
 from mlpipeline.stages.crawl.result import DATA_FILES, CrawlError
+
+_HEAD_BYTES = 512  # enough to sniff HTML and the parquet magic bytes
+
+
+def _head(chunks: Iterator[bytes]) -> bytes:
+    """The first chunks of a body, joined until at least ``_HEAD_BYTES`` (or the whole body, if shorter)."""
+    head = b""
+    while len(head) < _HEAD_BYTES:
+        chunk = next(chunks, None)
+        if chunk is None:
+            break
+        head += chunk
+    return head
 
 
 @dataclass
@@ -85,8 +99,8 @@ class Fetcher:
 
     def _stream_file(self, response: httpx.Response, url: str, fmt: str | None, fetched: Fetched) -> None:
         """Stream the body to ``data.<fmt>``, hashing and counting as it arrives."""
-        chunks = response.iter_bytes(CHUNK_BYTES)
-        head = next(chunks, b"")
+        chunks = self.http.body(response, url)
+        head = _head(chunks)
         content_type = response.headers.get("Content-Type")
         if looks_like_html(content_type, head):
             raise CrawlError(f"{url} returned an HTML page (Content-Type {content_type!r}), not data; check crawl_url")
@@ -123,7 +137,7 @@ class Fetcher:
         fetched.etag, fetched.last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
         if not fetched.not_modified:
             self.budget.used = 0  # a retried attempt starts over
-            fetched.page = self._parse_page(b"".join(self._limited(response.iter_bytes(CHUNK_BYTES), url)), url)
+            fetched.page = self._parse_page(b"".join(self._limited(self.http.body(response, url), url)), url)
         return fetched
 
     def _parse_page(self, body: bytes, url: str) -> Any:
@@ -140,7 +154,7 @@ class Fetcher:
                 raise CrawlError(f"GET {url} answered 304 to an unconditional request")
             used = self.budget.used
             try:
-                return self._parse_page(b"".join(self._limited(response.iter_bytes(CHUNK_BYTES), url)), url)
+                return self._parse_page(b"".join(self._limited(self.http.body(response, url), url)), url)
             except httpx.HTTPError:
                 self.budget.used = used  # the retry re-reads this page
                 raise
@@ -204,6 +218,7 @@ class Fetcher:
             yield (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     def _check_next(self, first_url: str, next_url: str, pages: int, seen: set[str]) -> None:
+        self.http.origins.check(next_url, source=first_url, how=f"the next link of page {pages}")
         if pages >= self.config.crawl_max_pages:
             raise CrawlError(
                 f"{first_url}: more than crawl_max_pages={self.config.crawl_max_pages} pages; raise"

@@ -1,26 +1,30 @@
 """HTTP for the crawl: GET with retries and exponential backoff, and a byte budget shared by all requests.
 
 5xx, 429, timeouts and connection errors are retried ``crawl_max_retries`` times (``crawl_backoff_seconds``,
-doubling; a numeric ``Retry-After`` is honoured up to 60 s); other 4xx fail at once with a hint.
+doubling; a numeric ``Retry-After`` is honoured up to 60 s) while the crawl's deadline leaves time; other 4xx fail
+at once with a hint. Redirects are followed hop by hop (at most ``MAX_REDIRECTS``), each hop only to an allowed
+origin (see :mod:`.guards`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from mlpipeline import __version__
 from mlpipeline.config import PipelineConfig
+from mlpipeline.stages.crawl.guards import Deadline, OriginPolicy
 from mlpipeline.stages.crawl.result import CrawlError
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _MAX_RETRY_AFTER = 60.0
 _HINTS: dict[int, str] = {
     401: "the source needs credentials",
@@ -33,7 +37,11 @@ T = TypeVar("T")
 
 
 class Budget:
-    """Bytes left of ``crawl_max_bytes`` over all requests of one crawl."""
+    """Bytes left of ``crawl_max_bytes`` over all requests of one crawl.
+
+    Counted as decoded (after a ``Content-Encoding`` such as gzip), so a small compressed body that expands to
+    more than the budget is stopped while it expands; one network chunk inflates to at most ~1,000 times its size.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -80,20 +88,40 @@ def _client_error(url: str, response: httpx.Response) -> CrawlError:
     )
 
 
+class _Transient(Exception):
+    """One attempt failed in a way a retry may get past (5xx, 429, timeout, network error)."""
+
+    def __init__(self, problem: str, retry_after: float = 0.0) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after = retry_after
+
+
 class HttpClient:
-    """One crawl's connection pool; counts the requests it sends."""
+    """One crawl's connection pool, origin policy and deadline; counts the requests it sends.
+
+    Redirects are followed here, hop by hop, so each hop's origin is checked before it is requested.
+    """
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
         self.client = httpx.Client(
             timeout=httpx.Timeout(config.crawl_timeout_seconds),
-            follow_redirects=True,
+            follow_redirects=False,
             headers={"User-Agent": f"mlpipeline-crawler/{__version__}"},
         )
+        self.origins = OriginPolicy(config.crawl_url, config.crawl_allowed_origins)
+        self.deadline = Deadline(config.crawl_deadline_seconds)
         self.requests = 0
 
     def close(self) -> None:
         self.client.close()
+
+    def body(self, response: httpx.Response, url: str) -> Iterator[bytes]:
+        """The body's chunks as they arrive (decoded), checking the deadline on each one."""
+        for chunk in response.iter_bytes():
+            self.deadline.check(url)
+            yield chunk
 
     def get(self, url: str, headers: dict[str, str], consume: Callable[[httpx.Response], T]) -> T:
         """GET ``url`` and hand a 2xx/304 response to ``consume`` (streaming), retrying transient failures.
@@ -102,30 +130,58 @@ class HttpClient:
         """
         attempts = self.config.crawl_max_retries + 1
         delay = self.config.crawl_backoff_seconds
-        last_problem = ""
         for attempt in range(1, attempts + 1):
-            wait = delay
             try:
-                self.requests += 1
-                with self.client.stream("GET", url, headers=headers) as response:
-                    status = response.status_code
-                    if 200 <= status < 300 or status == 304:
-                        return consume(response)
-                    if status != 429 and status < 500:
-                        raise _client_error(url, response)
-                    last_problem = _describe_status(response)
-                    wait = max(delay, _retry_after(response) or 0.0)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "network error"
-                last_problem = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
-            except httpx.HTTPError as exc:  # invalid URL, unsupported scheme, too many redirects, ...
+                return self._attempt(url, headers, consume)
+            except _Transient as failure:
+                last_problem, wait = failure.problem, max(delay, failure.retry_after)
+            except httpx.HTTPError as exc:  # invalid URL, unsupported scheme, ...
                 raise CrawlError(f"GET {url} failed: {type(exc).__name__}: {exc}; check crawl_url") from exc
-            if attempt < attempts:
-                log.warning("GET %s: %s (attempt %d/%d); retrying in %.2fs", url, last_problem, attempt, attempts, wait)
-                time.sleep(wait)
-                delay *= 2
+            if attempt == attempts:
+                break
+            if not self.deadline.allows(wait):
+                last_problem += (
+                    f"; no time left for another attempt within crawl_deadline_seconds={self.deadline.seconds:g}"
+                )
+                break
+            log.warning("GET %s: %s (attempt %d/%d); retrying in %.2fs", url, last_problem, attempt, attempts, wait)
+            time.sleep(wait)
+            delay *= 2
         raise CrawlError(
-            f"GET {url} failed after {attempts} attempt(s); last error: {last_problem}. Check that the source is up"
+            f"GET {url} failed after {attempt} attempt(s); last error: {last_problem}. Check that the source is up"
             " and reachable from this worker (crawl_url), or raise crawl_max_retries / crawl_timeout_seconds",
             retryable=True,
         )
+
+    def _attempt(self, url: str, headers: dict[str, str], consume: Callable[[httpx.Response], T]) -> T:
+        """One request, following up to ``MAX_REDIRECTS`` redirects, each checked against the origin policy."""
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            timeout = self.deadline.timeout(self.config.crawl_timeout_seconds, url)
+            self.requests += 1
+            try:
+                with self.client.stream("GET", current, headers=headers, timeout=timeout) as response:
+                    status = response.status_code
+                    if status in _REDIRECT_STATUSES:
+                        current = self._redirect_target(url, current, response)
+                        continue
+                    if 200 <= status < 300 or status == 304:
+                        return consume(response)
+                    if status != 429 and status < 500:
+                        raise _client_error(current, response)
+                    raise _Transient(_describe_status(response), _retry_after(response) or 0.0)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if self.deadline.expired:
+                    raise self.deadline.error(url) from None
+                kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "network error"
+                raise _Transient(f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        raise CrawlError(f"GET {url}: more than {MAX_REDIRECTS} redirects; check crawl_url")
+
+    def _redirect_target(self, url: str, current: str, response: httpx.Response) -> str:
+        """Where a redirect leads, if its origin is allowed. The response body is never read or quoted."""
+        location = response.headers.get("Location", "").strip()
+        if not location:
+            raise CrawlError(f"GET {url}: HTTP {response.status_code} redirect without a Location; check crawl_url")
+        target = urljoin(current, location)
+        self.origins.check(target, source=f"GET {url}", how=f"an HTTP {response.status_code} redirect")
+        return target

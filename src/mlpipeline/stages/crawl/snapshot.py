@@ -25,6 +25,7 @@ from mlpipeline import __version__
 from mlpipeline.config import PipelineConfig
 from mlpipeline.stages.crawl.fetch import Fetched, Fetcher
 from mlpipeline.stages.crawl.http_client import with_query
+from mlpipeline.stages.crawl.limits import parquet_rows
 from mlpipeline.stages.crawl.readers import count_rows, quick_schema
 from mlpipeline.stages.crawl.result import DATA_FILES, MANIFEST, CrawlError, CrawlResult
 from mlpipeline.storage import DataLayout, atomic_directory, atomic_write_json, read_json, run_key
@@ -160,7 +161,9 @@ class _SnapshotBuilder:
 
     def _validate(self, path: Path, fmt: str, url: str) -> int:
         try:
-            rows = count_rows(path, fmt)
+            rows = parquet_rows(path, self.config, url) if fmt == "parquet" else count_rows(path, fmt)
+        except CrawlError:
+            raise
         except Exception as exc:  # any parser error means the body is not usable data
             problem = f"{type(exc).__name__}: {exc}".strip()[:500]
             raise CrawlError(
@@ -169,6 +172,11 @@ class _SnapshotBuilder:
             ) from None
         if rows == 0:
             raise CrawlError(f"{url}: the source returned no data rows; check the source and crawl_url")
+        if rows > self.config.crawl_max_rows:
+            raise CrawlError(
+                f"{url}: the source has {rows} rows, more than crawl_max_rows={self.config.crawl_max_rows};"
+                " raise crawl_max_rows if this size is expected"
+            )
         return rows
 
     def _reuse(self, fetched: Fetched, url: str) -> dict[str, Any]:
