@@ -14,6 +14,14 @@ The snapshot is processed in chunks of ``config.etl_chunk_rows`` rows, so memory
 5. The profile, one output column at a time (:mod:`.profiling`).
 
 :mod:`.stage` runs these steps. The result does not depend on the chunk size.
+
+Refused with a clear, non-retryable :class:`EtlError` (nothing is written under ``processed/<run>/``): a header
+naming a column twice; more than ``max_bad_row_fraction`` bad rows (the quarantine is kept for inspection); a
+``positive_label`` that never occurs, or only the positive class, among the clean rows; a declared column blank in
+more than ``max_missing_fraction`` of the clean rows; fewer than ``min_rows`` rows left. Quarantined, each with its
+reason: values longer than ``max_cell_chars``, values that do not parse or break the declared bounds, and
+non-finite numbers (``inf``; ``NaN`` spelled as a missing token counts as missing, as in pandas). The quarantine
+file holds at most ``max_quarantine_rows`` rows, each value cut to 1,000 characters; all bad rows are counted.
 """
 
 from mlpipeline.stages.etl.coerce import PYTHON_WHITESPACE

@@ -123,6 +123,8 @@ def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
         numbers = parse_numbers(text)
         finite_or_inf = ~np.isnan(numbers)
         _flag(codes, reasons, present & ~finite_or_inf, f"{spec.name}: not a number")
+        # inf, -inf, Infinity, 1e999: a number, but not one a model can learn from (NaN text counts as missing).
+        _flag(codes, reasons, np.isinf(numbers), f"{spec.name}: not a finite number")
         with np.errstate(invalid="ignore"):
             if spec.type == "integer":
                 _flag(codes, reasons, finite_or_inf & (numbers % 1 != 0), f"{spec.name}: not an integer")
@@ -152,6 +154,28 @@ def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
     if not spec.nullable:
         _flag(codes, reasons, ~present, f"{spec.name}: missing value")
     return Typed(values, codes, reasons)
+
+
+def missing(typed: Typed) -> np.ndarray:
+    """Which rows have no value (null, or NaN for numbers)."""
+    return mask(pc.is_null(typed.values, nan_is_null=True))
+
+
+def check_lengths(raw: dict[str, pa.Array], names: list[str], max_chars: int) -> Typed:
+    """Rows with a value longer than ``max_chars`` characters in one of the columns ``names`` (the first one wins).
+
+    Checked before anything else, so such a value is never parsed; the quarantine shows only its start.
+    """
+    rows = len(raw[names[0]]) if names else 0
+    codes = np.zeros(rows, dtype=np.uint16)  # one reason per flagged column: may be more than 255
+    reasons: list[str] = []
+    for name in names:
+        column = raw[name]
+        too_long = mask(pc.greater(pc.binary_length(column), max_chars))  # bytes >= characters: a cheap filter
+        if too_long.any():
+            too_long[too_long] = mask(pc.greater(pc.utf8_length(column.filter(pa.array(too_long))), max_chars))
+            _flag(codes, reasons, too_long, f"{name}: longer than max_cell_chars={max_chars}")
+    return Typed(pa.nulls(0), codes, reasons)
 
 
 def check_columns(available: list[str], schema: DatasetSchema) -> None:

@@ -17,12 +17,19 @@ from mlpipeline.stages.etl.hashing import GOLDEN, U64, mix
 from mlpipeline.stages.etl.pass_one import MAX_DISTINCT_LABELS, PassOne
 from mlpipeline.stages.etl.result import EtlError
 
+_SHOWN_LABELS = 10
+_SHOWN_LABEL_CHARS = 50
+
+
+def _labels_are_numbers(state: PassOne, schema: DatasetSchema) -> bool:
+    """Whether labels compare as numbers ("1" and "1.0" are the same label when every label is a number)."""
+    positive_number = pd.to_numeric(pd.Series([schema.positive_label]), errors="coerce").iloc[0]
+    return bool(pd.notna(positive_number)) and state.target_all_numeric
+
 
 def target_positive(state: PassOne, schema: DatasetSchema) -> np.ndarray:
     """Which clean rows are positive; refuses a target that is not binary over the whole snapshot."""
-    positive_number = pd.to_numeric(pd.Series([schema.positive_label]), errors="coerce").iloc[0]
-    # "1" and "1.0" are the same label; compare numbers numerically when the labels are numbers.
-    as_numbers = bool(pd.notna(positive_number)) and state.target_all_numeric
+    as_numbers = _labels_are_numbers(state, schema)
     distinct = list(state.numeric_labels if as_numbers else state.text_labels)
     if len(distinct) > 2:
         count = f"more than {MAX_DISTINCT_LABELS}" if len(distinct) > MAX_DISTINCT_LABELS else str(len(distinct))
@@ -32,6 +39,32 @@ def target_positive(state: PassOne, schema: DatasetSchema) -> np.ndarray:
         )
     parts = state.positive_if_numeric if as_numbers else state.positive_if_text
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def refuse_missing_classes(state: PassOne, positive: np.ndarray, schema: DatasetSchema) -> None:
+    """Refuse clean rows that lack the positive class or the negative one: nothing a classifier could learn, and
+    a ``positive_label`` that never occurs is almost always a setting that does not match the source."""
+    if not positive.size or (positive.any() and not positive.all()):
+        return
+    labels = state.numeric_labels if _labels_are_numbers(state, schema) else state.text_labels
+    seen = [_shown(label) for label in list(labels)[:_SHOWN_LABELS]]
+    seen_text = ", ".join(seen) + (", ..." if len(labels) > _SHOWN_LABELS else "")
+    if not positive.any():
+        raise EtlError(
+            f"positive_label {schema.positive_label!r} never occurs in target {schema.target!r} (in {positive.size}"
+            f" clean rows); values seen: {seen_text}. Set dataset_schema.positive_label to the positive class"
+        )
+    raise EtlError(
+        f"target {schema.target!r} holds only the positive class {schema.positive_label!r} in all {positive.size}"
+        f" clean rows (values seen: {seen_text}); a classifier needs examples of both classes"
+    )
+
+
+def _shown(label: Any) -> str:
+    """A label in a message: numbers as written ("1", "0.5"), text quoted and cut short."""
+    if isinstance(label, (float, np.floating)):
+        return f"{float(label):g}"
+    return repr(str(label)[:_SHOWN_LABEL_CHARS])
 
 
 def first_occurrences(state: PassOne, positive: np.ndarray) -> np.ndarray:

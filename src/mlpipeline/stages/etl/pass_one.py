@@ -14,14 +14,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlpipeline.config import DatasetSchema
-from mlpipeline.stages.etl.coerce import STAGED_TYPES, Typed, as_text, check_columns, coerce_column, mask, parse_numbers
+from mlpipeline.config import DatasetSchema, PipelineConfig
+from mlpipeline.stages.etl.coerce import (
+    STAGED_TYPES,
+    Typed,
+    as_text,
+    check_columns,
+    check_lengths,
+    coerce_column,
+    mask,
+    missing,
+    parse_numbers,
+)
 from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
-from mlpipeline.stages.etl.reading import FastReaderGaveUp, ReadError, arrow_csv_chunks, pandas_chunks
+from mlpipeline.stages.etl.reading import (
+    FastReaderGaveUp,
+    ReadError,
+    arrow_csv_chunks,
+    pandas_chunks,
+    refuse_duplicate_columns,
+)
 from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
 
 MAX_DISTINCT_LABELS = 10_000  # a target with more distinct values is refused without listing them all
 _QUARANTINE_TOP_REASONS = 50
+# A quarantined value longer than this is cut (and marked): enough to see what is wrong with it, and the
+# quarantine file stays within max_quarantine_rows x columns x this many characters.
+QUARANTINE_CELL_CHARS = 1_000
+_CUT_MARK = "…[cut]"
 
 
 @dataclass
@@ -31,6 +51,8 @@ class PassOne:
     columns: list[str] = field(default_factory=list)
     rows_in: int = 0
     rows_bad: int = 0
+    rows_quarantine_written: int = 0  # at most max_quarantine_rows of the rows_bad
+    missing_counts: dict[str, int] = field(default_factory=dict)  # declared column -> clean rows without a value
     reason_counts: dict[str, int] = field(default_factory=dict)
     hashes: list[np.ndarray] = field(default_factory=list)
     positive_if_numeric: list[np.ndarray] = field(default_factory=list)
@@ -40,18 +62,18 @@ class PassOne:
     text_labels: dict[str, None] = field(default_factory=dict)
 
 
-def read_pass_one(
-    raw_data_path: str, raw_format: str, chunk_rows: int, schema: DatasetSchema, tmp: Path
-) -> tuple[PassOne, set[str]]:
+def read_pass_one(raw_data_path: str, raw_format: str, config: PipelineConfig, tmp: Path) -> tuple[PassOne, set[str]]:
     """Pass 1 over the snapshot, writing ``tmp/quarantine.csv`` and the staging file; also the columns present."""
     quarantine, staging = tmp / QUARANTINE_FILE, tmp / STAGING_FILE
+    chunk_rows = config.etl_chunk_rows
+    refuse_duplicate_columns(raw_data_path, raw_format)
     try:
         if raw_format == "csv":
             try:
-                return _pass_one(arrow_csv_chunks(raw_data_path, chunk_rows), schema, quarantine, staging)
+                return _pass_one(arrow_csv_chunks(raw_data_path, chunk_rows), config, quarantine, staging)
             except FastReaderGaveUp:
-                pass  # pandas reads some CSVs Arrow refuses (ragged rows, renamed headers): start over with it
-        return _pass_one(pandas_chunks(raw_data_path, raw_format, chunk_rows), schema, quarantine, staging)
+                pass  # pandas reads some CSVs Arrow refuses (ragged rows, blank headers): start over with it
+        return _pass_one(pandas_chunks(raw_data_path, raw_format, chunk_rows), config, quarantine, staging)
     except ReadError as exc:
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: {exc}") from exc
 
@@ -65,8 +87,9 @@ def top_reasons(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _pass_one(
-    chunks: Iterator[pa.Table], schema: DatasetSchema, quarantine: Path, staging: Path
+    chunks: Iterator[pa.Table], config: PipelineConfig, quarantine: Path, staging: Path
 ) -> tuple[PassOne, set[str]]:
+    schema = config.dataset_schema
     state = PassOne()
     writer: pq.ParquetWriter | None = None
     present: set[str] = set()
@@ -79,7 +102,7 @@ def _pass_one(
                     present = set(state.columns)
                     _write_quarantine_header(out, state.columns)
                     writer = _open_staging(staging, schema, present)
-                _chunk_pass_one(chunk, schema, state, out, writer)
+                _chunk_pass_one(chunk, config, state, out, writer)
         finally:
             if writer is not None:
                 writer.close()
@@ -99,39 +122,64 @@ def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:
     pd.DataFrame(columns=[*columns, "_row_number", "_reason"]).to_csv(out, index=False)
 
 
-def _chunk_pass_one(chunk: pa.Table, schema: DatasetSchema, state: PassOne, out: TextIO, writer: Any) -> None:
+def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any) -> None:
     if chunk.num_rows == 0:
         return
+    schema = config.dataset_schema
     start = state.rows_in
     state.rows_in += chunk.num_rows
     raw = {name: chunk.column(name).combine_chunks() for name in chunk.column_names}
+    used = [name for name in (schema.id_column, schema.target, *schema.feature_names) if name and name in raw]
+    too_long = check_lengths(raw, used, config.max_cell_chars)
     target, positive_if_numeric, positive_if_text = _target_chunk(raw[schema.target], schema, state)
     # An optional column the source does not have is all missing: nothing to type or check.
     typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.columns if spec.name in raw}
-    good = ~_quarantine_bad_rows(chunk, [target, *typed.values()], start, out, state)
+    bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
+    good = ~bad
+    for name, column in typed.items():
+        state.missing_counts[name] = state.missing_counts.get(name, 0) + int((missing(column) & good).sum())
     state.hashes.append(_stage_clean_rows(raw, typed, good, schema, writer))
     state.positive_if_numeric.append(positive_if_numeric[good])
     state.positive_if_text.append(positive_if_text[good])
 
 
-def _quarantine_bad_rows(chunk: pa.Table, checked: list[Typed], start: int, out: TextIO, state: PassOne) -> np.ndarray:
-    """Append the chunk's bad rows with their reason to the quarantine; returns which rows are bad."""
+def _quarantine_bad_rows(
+    chunk: pa.Table, checked: list[Typed], start: int, out: TextIO, state: PassOne, config: PipelineConfig
+) -> np.ndarray:
+    """Append the chunk's bad rows with their reason to the quarantine (up to ``max_quarantine_rows`` in all; the
+    rest are counted); returns which rows are bad."""
     codes = np.stack([c.codes for c in checked])
     bad = codes.any(axis=0)
     if not bad.any():
         return bad
-    # A row's reason is the first failing column's, target first: number all reasons of the chunk globally.
+    # A row's reason is the first failing check's (lengths, then the target, then the columns in order): number
+    # all reasons of the chunk globally.
     first = np.argmax(codes[:, bad] != 0, axis=0)
     offsets = np.cumsum([0] + [len(c.reasons) for c in checked])
     all_reasons = np.array([r for c in checked for r in c.reasons], dtype=object)
     reasons = all_reasons[offsets[first] + codes[first, np.flatnonzero(bad)] - 1]
-    quarantined = chunk.filter(pa.array(bad)).to_pandas().astype("string")
-    quarantined = quarantined.assign(_row_number=start + np.flatnonzero(bad) + 1)
-    quarantined["_reason"] = pd.array(reasons, dtype="string")
-    quarantined.to_csv(out, header=False, index=False)
+    rows = np.flatnonzero(bad)[: max(0, config.max_quarantine_rows - state.rows_quarantine_written)]
+    if len(rows):
+        quarantined = _cut_long_values(chunk.take(pa.array(rows))).to_pandas().astype("string")
+        quarantined = quarantined.assign(_row_number=start + rows + 1)
+        quarantined["_reason"] = pd.array(reasons[: len(rows)], dtype="string")
+        quarantined.to_csv(out, header=False, index=False)
+        state.rows_quarantine_written += len(rows)
     state.rows_bad += int(bad.sum())
     _merge_counts(state.reason_counts, _first_seen_counts(reasons))
     return bad
+
+
+def _cut_long_values(rows: pa.Table) -> pa.Table:
+    """Values longer than ``QUARANTINE_CELL_CHARS`` cut to that length and marked."""
+    columns = []
+    for column in rows.columns:
+        too_long = pc.greater(pc.utf8_length(column), QUARANTINE_CELL_CHARS)
+        if pc.any(too_long).as_py():
+            cut = pc.binary_join_element_wise(pc.utf8_slice_codeunits(column, 0, QUARANTINE_CELL_CHARS), _CUT_MARK, "")
+            column = pc.if_else(too_long, cut, column)
+        columns.append(column)
+    return pa.table(columns, names=rows.column_names)
 
 
 def _stage_clean_rows(

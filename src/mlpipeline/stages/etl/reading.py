@@ -3,12 +3,16 @@ would, else the crawl stage's reference readers."""
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from mlpipeline.stages.crawl import iter_raw, rechunk
+from mlpipeline.stages.etl.result import EtlError
 
 # pandas.read_csv's default NA strings: the Arrow CSV reader must see the same cells as missing.
 _PANDAS_NA_STRINGS = [
@@ -32,6 +36,41 @@ _PANDAS_NA_STRINGS = [
     "nan",
     "null",
 ]
+
+
+_SHOWN_NAMES = 20
+_SHOWN_NAME_CHARS = 100
+
+
+def header_names(path: str, fmt: str) -> list[str] | None:
+    """The column names as the file spells them, before any reader renames duplicates; None if not knowable."""
+    if fmt == "parquet":
+        try:
+            return pq.read_schema(path).names
+        except (OSError, pa.ArrowException):
+            return None  # not readable as Parquet: the readers say so
+    if fmt != "csv":
+        return None  # JSON records are objects: a key occurs once per record
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            # The first non-blank record, as pandas takes it (its default skips blank lines).
+            return next((row for row in csv.reader(handle) if row), [])
+    except csv.Error:
+        return None  # e.g. a header cell over the csv module's field limit: the readers decide
+
+
+def refuse_duplicate_columns(path: str, fmt: str) -> None:
+    """A header that names a column twice is ambiguous (pandas renames the second ``a.1``, Arrow keeps both):
+    refuse it, naming the duplicates. Blank names are left to the readers (pandas calls them ``Unnamed: <n>``)."""
+    names = header_names(path, fmt) or []
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1 and name.strip())
+    if duplicates:
+        shown = [name[:_SHOWN_NAME_CHARS] for name in duplicates[:_SHOWN_NAMES]]
+        more = f" and {len(duplicates) - _SHOWN_NAMES} more" if len(duplicates) > _SHOWN_NAMES else ""
+        raise EtlError(
+            f"the raw snapshot {path} names these columns more than once: {shown}{more}; which one is meant is"
+            " ambiguous. Fix the source's header"
+        )
 
 
 class ReadError(Exception):

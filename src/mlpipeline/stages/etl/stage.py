@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
-from mlpipeline.stages.etl.dataset import fill_values, first_occurrences, target_positive
+from mlpipeline.stages.etl.dataset import fill_values, first_occurrences, refuse_missing_classes, target_positive
 from mlpipeline.stages.etl.output import write_features
 from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
@@ -25,6 +26,8 @@ from mlpipeline.stages.etl.result import (
     EtlResult,
 )
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str) -> EtlResult:
@@ -45,6 +48,8 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         _refuse_too_many_bad_rows(
             config, state, tmp / QUARANTINE_FILE, out_dir.parent / f"{run}.rejected-{QUARANTINE_FILE}"
         )
+        refuse_missing_classes(state, positive, schema)
+        _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, positive)
         fills = _impute_and_write(tmp, keep, positive, schema, present)
         _write_profile(tmp, schema, state, keep, fills)
@@ -57,7 +62,7 @@ def _validate_and_stage(
     config: PipelineConfig, raw_data_path: str, raw_format: str, tmp: Path
 ) -> tuple[PassOne, set[str]]:
     """Pass 1; refuses a snapshot without columns or rows."""
-    state, present = read_pass_one(raw_data_path, raw_format, config.etl_chunk_rows, config.dataset_schema, tmp)
+    state, present = read_pass_one(raw_data_path, raw_format, config, tmp)
     if not state.columns:
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: no columns")
     if state.rows_in == 0:
@@ -70,9 +75,36 @@ def _refuse_too_many_bad_rows(config: PipelineConfig, state: PassOne, quarantine
     bad_fraction = state.rows_bad / state.rows_in
     if bad_fraction > config.max_bad_row_fraction:
         quarantine.replace(rejected)
+        which = (
+            "the rows"
+            if state.rows_quarantine_written == state.rows_bad
+            else f"the first {state.rows_quarantine_written} rows"
+        )
         raise EtlError(
             f"{state.rows_bad} of {state.rows_in} rows ({bad_fraction:.1%}) failed validation, more than "
-            f"max_bad_row_fraction={config.max_bad_row_fraction:.1%}; the rows and reasons are in {rejected}"
+            f"max_bad_row_fraction={config.max_bad_row_fraction:.1%}; {which} and reasons are in {rejected}"
+        )
+
+
+def _refuse_mostly_missing_columns(config: PipelineConfig, state: PassOne) -> None:
+    """Fail when a declared column the source has is blank in more than ``max_missing_fraction`` of the clean rows.
+
+    Refused rather than dropped: the declared columns are the model's input contract (the serving schema, the
+    drift reference and the comparison with the champion all use the same features), so dropping one would
+    quietly change the model's signature, and a column that is suddenly mostly blank means the source broke.
+    Imputing it would train on made-up values. (A declared optional column the source lacks entirely is the
+    ``required: false`` case and keeps its documented constant fill.)
+    """
+    clean = state.rows_in - state.rows_bad
+    if not clean:
+        return  # nothing clean: min_rows says so
+    shares = {name: count / clean for name, count in state.missing_counts.items()}
+    over = [f"{name[:100]} ({share:.1%})" for name, share in shares.items() if share > config.max_missing_fraction]
+    if over:
+        raise EtlError(
+            f"column(s) missing in more than max_missing_fraction={config.max_missing_fraction:.1%} of the {clean}"
+            f" clean rows: {', '.join(over[:20])}{' ...' if len(over) > 20 else ''}; imputing them would train on"
+            " made-up values. Fix the source, or raise max_missing_fraction if this is expected"
         )
 
 
@@ -106,6 +138,14 @@ def _write_profile(tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.nd
         imputed_with=fills,
         quarantine_reasons=top_reasons(state.reason_counts),
     )
+    if state.rows_quarantine_written < state.rows_bad:  # only then: the profile of valid data stays as it was
+        data_profile["quarantine_rows_not_written"] = state.rows_bad - state.rows_quarantine_written
+        log.warning(
+            "quarantine.csv holds the first %d of %d bad rows (max_quarantine_rows); the reasons of all are counted"
+            " in the profile",
+            state.rows_quarantine_written,
+            state.rows_bad,
+        )
     (tmp / PROFILE_FILE).write_text(json.dumps(data_profile, indent=2, default=str))
 
 
