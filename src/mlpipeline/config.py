@@ -217,6 +217,18 @@ class PipelineConfig(BaseModel):
     champion_tolerance: float = Field(
         default=0.0, ge=0, le=1, description="Candidate may be this much worse than the champion."
     )
+    champion_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Without a champion_tolerance, the candidate must beat the champion by more than this: "
+        "a tie keeps the champion (a fresh but identical model is churn, not progress).",
+    )
+    notify_unchanged: bool = Field(
+        default=False,
+        description="Email one short note when a run stops early because its data and training settings are "
+        "those the champion was trained with (it is always recorded in runs/<run>/data_check.json).",
+    )
 
     # --- registry and serving ---------------------------------------------------------------------------
     mlflow_tracking_uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking + registry URI.")
@@ -326,6 +338,13 @@ class PipelineConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _one_champion_rule(self) -> PipelineConfig:
+        # Two knobs pulling opposite ways (may be worse / must be better) would make the rule unreadable.
+        if self.champion_tolerance and self.champion_margin:
+            raise ValueError("set champion_tolerance (may be worse) or champion_margin (must be better), not both")
+        return self
+
+    @model_validator(mode="after")
     def _candidate_names_are_unique(self) -> PipelineConfig:
         names = [c.name for c in self.training_candidates()]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -367,6 +386,7 @@ RUN_OVERRIDABLE_FIELDS: frozenset[str] = frozenset(
         "validation_metric",
         "accuracy_threshold",
         "champion_tolerance",
+        "champion_margin",
         "max_bad_row_fraction",
         "min_rows",
         "drift_psi_threshold",

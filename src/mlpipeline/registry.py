@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import sys
@@ -207,3 +209,90 @@ def all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
         page_token = page.token
         if not page_token:
             return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+# --- Which model is which: "the same training" and "the same model", as tags on registered versions -----------
+
+DATA_SHA256_TAG = "data_sha256"
+MODEL_FINGERPRINT_TAG = "model_fingerprint"
+TRAINING_FINGERPRINT_TAG = "training_fingerprint"
+CODE_VERSION_TAG = "code_version"
+# What deploy did with a version: deploying (alias about to move), deployed, rolled_back, rejected; and why.
+DEPLOY_STATUS_TAG = "deploy_status"
+DEPLOY_NOTE_TAG = "deploy_note"
+
+# Settings that change neither a trained model nor how it is judged: where things live, who hears about it, what
+# happens after deployment. The crawl's settings count through the data's sha256. Every other setting counts,
+# including any added later: an unknown knob costs a retrain, never a wrong "nothing changed".
+MODEL_NEUTRAL_PREFIXES = ("crawl_", "mlflow_", "serving_", "drift_", "monitor_", "retention_")
+MODEL_NEUTRAL_SETTINGS = frozenset(
+    {"data_dir", "registered_model_name", "champion_alias", "smoke_test_rows", "notification_email", "email_from"}
+    | {"notify_unchanged"}
+)
+# Settings that judge a model rather than shape it: part of "the same training", not of "the same model".
+JUDGING_SETTINGS = frozenset({"validation_metric", "accuracy_threshold", "champion_tolerance", "champion_margin"})
+# Where a model's behaviour is coded (relative to this package) and the libraries it is computed with.
+MODEL_SOURCES = ("features.py", "stages/train.py", "stages/etl")
+MODEL_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow")
+
+
+def code_version() -> str:
+    """``<package version>+<digest>`` of the code and library versions that turn data into a model: an edit to
+    the ETL, the training or the model's transformers, or another scikit-learn, gives a new value."""
+    from mlpipeline import __version__
+
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for source in MODEL_SOURCES:
+        path = package / source
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    for name in MODEL_LIBRARIES:
+        digest.update(f"{name}=={importlib.metadata.version(name)}\0".encode())
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
+def _model_settings(config: PipelineConfig, *, judging: bool) -> dict[str, Any]:
+    """The settings that shape a model (and, if ``judging``, those that judge it); candidates apart."""
+    settings = config.model_dump(mode="json")
+    return {
+        name: value
+        for name, value in settings.items()
+        if name not in MODEL_NEUTRAL_SETTINGS
+        and not name.startswith(MODEL_NEUTRAL_PREFIXES)
+        and name not in ("ml_model_type", "hyperparameters", "candidates")  # as training_candidates() gives them
+        and (judging or name not in JUDGING_SETTINGS)
+    }
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def training_fingerprint(config: PipelineConfig) -> str:
+    """Equal for two runs (on the same data) that would train the same candidates, in the same order, with the
+    same code and judge them the same way. Names are left out: they label a model, they do not shape it."""
+    candidates = [{"type": c.ml_model_type, "hp": c.hyperparameters} for c in config.training_candidates()]
+    return _digest(
+        {"code": code_version(), "settings": _model_settings(config, judging=True), "candidates": candidates}
+    )
+
+
+def model_fingerprint(config: PipelineConfig, candidate_name: str) -> str:
+    """Equal for two trainings (on the same data) of the same model: candidate type and parameters, the
+    settings that shape it, the code."""
+    candidate = next((c for c in config.training_candidates() if c.name == candidate_name), None)
+    if candidate is None:
+        raise ValueError(f"no candidate named {candidate_name!r} in this config")
+    spec = {"type": candidate.ml_model_type, "hp": candidate.hyperparameters}
+    return _digest({"code": code_version(), "settings": _model_settings(config, judging=False), "candidate": spec})
+
+
+def find_same_model(client: MlflowClient, model_name: str, data_sha256: str, fingerprint: str) -> list[ModelVersion]:
+    """Registered versions of the model trained on ``data_sha256`` with ``fingerprint`` (see model_fingerprint)."""
+    return list(
+        client.search_model_versions(
+            f"name = {_filter_value(model_name)} and tags.{DATA_SHA256_TAG} = {_filter_value(data_sha256)}"
+            f" and tags.{MODEL_FINGERPRINT_TAG} = {_filter_value(fingerprint)}"
+        )
+    )
