@@ -18,6 +18,8 @@ from mlpipeline.stages.validate import ValidationDecision, validate
 from tests.pipeline_data import Workspace, workspace
 
 MODEL = "churn_classifier"
+# A deliberately weak model (a stump).
+WEAK = {"max_iter": 1, "max_depth": 1, "learning_rate": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def candidates(ws: Workspace) -> dict[str, TrainResult]:
     """A good model and a deliberately weak one (a stump), trained on the same data and split."""
     processed = ws.processed("d1")
     good = train(ws.config(), run="good", processed_data_path=processed.data_path, data_sha256="a")
-    weak_config = ws.config(hyperparameters={"max_iter": 1, "max_depth": 1, "learning_rate": 0.01})
+    weak_config = ws.config(hyperparameters=WEAK)
     weak = train(weak_config, run="weak", processed_data_path=processed.data_path, data_sha256="a")
     assert weak.metrics["roc_auc"] < good.metrics["roc_auc"]
     return {"good": good, "weak": weak}
@@ -95,7 +97,10 @@ def test_deploy_flow_threshold_champion_rollback(ws: Workspace, serving_url: str
     # 4. The endpoint cannot be reached: the alias is moved back to the previous champion.
     forced = ValidationDecision(**{**versus.to_dict(), "deploy": True})
     unreachable = ws.config(
-        serving_url=f"http://127.0.0.1:{free_port()}", serving_timeout_seconds=2, validation_metric="roc_auc"
+        serving_url=f"http://127.0.0.1:{free_port()}",
+        serving_timeout_seconds=2,
+        validation_metric="roc_auc",
+        hyperparameters=WEAK,  # the run's config is the one its candidate was trained with
     )
     with pytest.raises(DeployError, match=f"moved back to {first.version}"):
         deploy(unreachable, run="weak", candidate=weak, decision=forced)

@@ -1,9 +1,17 @@
 """Deploy stage: register the candidate, move the champion alias to it, make the endpoint load it, and prove
-the endpoint answers exactly like the offline model. Any failure moves the alias back."""
+the endpoint answers exactly like the offline model. Any failure moves the alias back.
+
+Moving the alias is a compare-and-set: the predecessor is the version validation compared against, recorded (run
+record and registry tag) before the alias moves, and the alias moves only if it still points there; a rollback
+touches the alias only if it still points at this deploy's version. So a retry at any step, or another run's
+deploy in between, never loses the champion or leaves it on an untested version without saying so loudly.
+Deploys are serialised by the DAG (a one-slot pool); these checks keep the rare overlap (a manual run) safe."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -16,16 +24,53 @@ from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.payload import json_rows
-from mlpipeline.registry import champion_version, load_sklearn_model, use_tracking
+from mlpipeline.registry import (
+    CODE_VERSION_TAG,
+    DATA_SHA256_TAG,
+    DEPLOY_NOTE_TAG,
+    DEPLOY_STATUS_TAG,
+    DEPLOYED_AT_TAG,
+    MODEL_FINGERPRINT_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    TRAINING_FINGERPRINT_TAG,
+    champion_version,
+    code_version,
+    find_same_model,
+    load_sklearn_model,
+    model_fingerprint,
+    training_fingerprint,
+    use_tracking,
+)
 from mlpipeline.stages.train import TrainResult, load_holdout
 from mlpipeline.stages.validate import ValidationDecision
 from mlpipeline.storage import DataLayout, atomic_write_json
 
+log = logging.getLogger(__name__)
+
 RECORD_FILE = "deploy.json"
+# Written before the alias moves: which version goes live and which one it replaces.
+INTENT_FILE = "deploy_intent.json"
+# The model server's bearer token for POST /reload: from the environment (.env), never the run's config or a log.
+SERVING_TOKEN_ENV = "MLPIPELINE_SERVING_TOKEN"
 
 
 class DeployError(RuntimeError):
-    """The new model could not be put live; the champion alias was left at (or moved back to) the old one."""
+    """The new model could not be put live; the champion alias was left at (or moved back to) the old one.
+
+    ``retryable``: whether running deploy again later may help (the endpoint or MLflow was unreachable), as
+    opposed to a verdict a retry would repeat (rejected, disagreeing endpoint, champion moved)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ChampionMovedError(DeployError):
+    """The alias no longer points where validation saw it: the decision was made against another champion."""
+
+
+class RollbackError(DeployError):
+    """Moving the alias back failed: it may point at a version that did not pass its smoke test. Needs a human."""
 
 
 @dataclass(frozen=True)
@@ -47,18 +92,85 @@ class DeployResult:
 
 
 def _register(client: MlflowClient, config: PipelineConfig, candidate: TrainResult, run: str) -> str:
-    """Register the candidate once: re-running deploy for the same run reuses the version it created."""
+    """Register the candidate once: re-running deploy for the same run reuses the version it created, and so does
+    a run that trained the very same model (same data, code and parameters) again."""
+    fingerprint = model_fingerprint(config, candidate.candidate)
     existing = client.search_model_versions(
         f"name = '{config.registered_model_name}' and run_id = '{candidate.mlflow_run_id}'"
-    )
+    ) or find_same_model(client, config.registered_model_name, candidate.data_sha256, fingerprint)
     if existing:
         return str(max(int(v.version) for v in existing))
-    version = mlflow.register_model(
-        candidate.model_uri,
-        config.registered_model_name,
-        tags={"pipeline_run": run, "data_sha256": candidate.data_sha256, "model_type": candidate.model_type},
-    )
+    tags = {
+        "pipeline_run": run,
+        "model_type": candidate.model_type,
+        "candidate": candidate.candidate,
+        DATA_SHA256_TAG: candidate.data_sha256,
+        MODEL_FINGERPRINT_TAG: fingerprint,
+        CODE_VERSION_TAG: code_version(),
+    }
+    version = mlflow.register_model(candidate.model_uri, config.registered_model_name, tags=tags)
     return str(version.version)
+
+
+def _serving_headers() -> dict[str, str]:
+    token = os.environ.get(SERVING_TOKEN_ENV, "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _alias_target(client: MlflowClient, config: PipelineConfig) -> str | None:
+    champion = champion_version(client, config)
+    return None if champion is None else str(champion.version)
+
+
+def _tag(client: MlflowClient, config: PipelineConfig, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(config.registered_model_name, version, key, value)
+
+
+def _check_unmoved(client: MlflowClient, config: PipelineConfig, version: str, predecessor: str | None) -> bool:
+    """True if the alias is where validation saw it (``predecessor``), False if it is on ``version`` already (a
+    retry after the move, or the same model deployed by another run). Anything else: ChampionMovedError."""
+    current = _alias_target(client, config)
+    if current == version:
+        return False
+    if current == predecessor:
+        return True
+    reason = (
+        f"the {config.champion_alias!r} alias moved from {predecessor} (the champion validation compared against) "
+        f"to {current} since validation: version {version} is not deployed; the next run validates against the "
+        "new champion"
+    )
+    _tag(client, config, version, {DEPLOY_STATUS_TAG: "rejected", DEPLOY_NOTE_TAG: reason[:500]})
+    raise ChampionMovedError(reason)
+
+
+def _record_intent(
+    client: MlflowClient, config: PipelineConfig, run: str, version: str, predecessor: str | None
+) -> None:
+    """Before the alias moves: which version replaces which, in the run's records and on the version, so a retry
+    (or a human) knows where to go back to whatever happens next."""
+    atomic_write_json(
+        DataLayout.of(config.data_dir).run_records(run) / INTENT_FILE,
+        {
+            "model_name": config.registered_model_name,
+            "alias": config.champion_alias,
+            "version": version,
+            "previous_version": predecessor,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    tags = {
+        PREVIOUS_CHAMPION_TAG: predecessor or "",
+        DEPLOY_STATUS_TAG: "deploying",
+        TRAINING_FINGERPRINT_TAG: training_fingerprint(config),
+    }
+    _tag(client, config, version, tags)
+
+
+def _move_alias(client: MlflowClient, config: PipelineConfig, version: str, predecessor: str | None) -> None:
+    """Compare-and-set: the alias moves to ``version`` only if it still points at ``predecessor``."""
+    if _check_unmoved(client, config, version, predecessor):
+        client.set_registered_model_alias(config.registered_model_name, config.champion_alias, version)
 
 
 def _wait_for_version(http: httpx.Client, version: str, timeout: float) -> None:
@@ -73,7 +185,9 @@ def _wait_for_version(http: httpx.Client, version: str, timeout: float) -> None:
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.5)
-    raise DeployError(f"the endpoint did not start serving version {version} within {timeout:.0f} s ({last})")
+    raise DeployError(
+        f"the endpoint did not start serving version {version} within {timeout:.0f} s ({last})", retryable=True
+    )
 
 
 def _smoke_test(http: httpx.Client, config: PipelineConfig, candidate: TrainResult, version: str) -> tuple[int, float]:
@@ -84,10 +198,15 @@ def _smoke_test(http: httpx.Client, config: PipelineConfig, candidate: TrainResu
     expected_probabilities = offline.predict_proba(features)[:, 1]
     response = http.post("/predict", json={"rows": json_rows(features)})
     if response.status_code != 200:
-        raise DeployError(f"smoke test: /predict answered HTTP {response.status_code}: {response.text[:500]}")
+        raise DeployError(
+            f"smoke test: /predict answered HTTP {response.status_code}: {response.text[:500]}",
+            retryable=response.status_code >= 500,
+        )
     body = response.json()
     if str(body.get("model_version")) != version:
-        raise DeployError(f"smoke test: endpoint answered with version {body.get('model_version')}, not {version}")
+        raise DeployError(
+            f"smoke test: endpoint answered with version {body.get('model_version')}, not {version}", retryable=True
+        )
     labels = np.asarray(body["predictions"])
     probabilities = np.asarray(body["probabilities"], dtype=float)
     mismatched = int((labels != expected_labels).sum())
@@ -101,33 +220,34 @@ def _smoke_test(http: httpx.Client, config: PipelineConfig, candidate: TrainResu
 
 
 def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision: ValidationDecision) -> DeployResult:
+    """Put the validated candidate live (see the module's doc for why each step is safe to repeat)."""
     if not decision.deploy:
         # Guard in the library too: a caller that skips the branch must still not ship a rejected model.
         raise DeployError("validation rejected this candidate: " + "; ".join(decision.reasons))
 
     client = use_tracking(config)
     version = _register(client, config, candidate, run)
-    previous = champion_version(client, config)
-    previous_version = None if previous is None else str(previous.version)
-    if previous_version == version:
-        # Re-run of this deploy after the alias already moved: keep the recorded predecessor.
-        previous_version = (
-            client.get_model_version(config.registered_model_name, version).tags.get("previous_champion") or None
-        )
+    # The champion validation compared against: the only version it is known to be safe to go back to.
+    previous_version = decision.champion_version
+    if _check_unmoved(client, config, version, previous_version):
+        _record_intent(client, config, run, version, previous_version)
 
-    client.set_registered_model_alias(config.registered_model_name, config.champion_alias, version)
+    _move_alias(client, config, version, previous_version)
     try:
-        with httpx.Client(base_url=config.serving_url, timeout=config.serving_timeout_seconds) as http:
+        with httpx.Client(
+            base_url=config.serving_url, timeout=config.serving_timeout_seconds, headers=_serving_headers()
+        ) as http:
             _wait_for_version(http, version, config.serving_timeout_seconds)
             rows, difference = _smoke_test(http, config, candidate, version)
     except Exception as exc:
-        _roll_back(client, config, previous_version)
         cause = exc if isinstance(exc, DeployError) else f"deploying version {version} failed ({exc!r})"
-        raise DeployError(f"{cause}; the {config.champion_alias!r} alias was moved back to {previous_version}") from exc
+        where = _roll_back(client, config, version, previous_version, str(cause))
+        retryable = exc.retryable if isinstance(exc, DeployError) else True
+        raise DeployError(f"{cause}; the {config.champion_alias!r} alias was {where}", retryable=retryable) from exc
 
     deployed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    client.set_model_version_tag(config.registered_model_name, version, "deployed_at", deployed_at)
-    client.set_model_version_tag(config.registered_model_name, version, "previous_champion", previous_version or "")
+    note = f"live since {deployed_at}, replacing {previous_version or 'no champion'}"
+    _tag(client, config, version, {DEPLOYED_AT_TAG: deployed_at, DEPLOY_STATUS_TAG: "deployed", DEPLOY_NOTE_TAG: note})
     record = DataLayout.of(config.data_dir).run_records(run) / RECORD_FILE
     reference = None
     if previous_version:
@@ -149,11 +269,40 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
     return result
 
 
-def _roll_back(client: MlflowClient, config: PipelineConfig, previous_version: str | None) -> None:
-    if previous_version:
-        client.set_registered_model_alias(config.registered_model_name, config.champion_alias, previous_version)
-    else:
-        client.delete_registered_model_alias(config.registered_model_name, config.champion_alias)
+def _roll_back(
+    client: MlflowClient, config: PipelineConfig, version: str, previous_version: str | None, failure: str
+) -> str:
+    """Put the alias back where validation saw it, if it still points at ``version`` (else another deploy moved it
+    since: theirs to keep), and tag ``version`` rolled_back. Returns where the alias is now. RollbackError if the
+    registry cannot be reached: then the alias may still point at ``version``, which failed its smoke test."""
+    try:
+        where = _restore_alias(client, config, version, previous_version)
+    except Exception as exc:
+        raise RollbackError(
+            f"{failure}; ROLLBACK FAILED ({type(exc).__name__}: {exc}): the {config.champion_alias!r} alias may "
+            f"still point at version {version}, which did NOT pass its smoke test. Point it back at "
+            f"{previous_version or 'nothing (delete it)'} by hand, or re-run deploy once MLflow answers."
+        ) from exc
+    try:
+        if previous_version != version:  # else it was, and stays, the champion
+            _tag(client, config, version, {DEPLOY_STATUS_TAG: "rolled_back", DEPLOY_NOTE_TAG: failure[:500]})
+    except Exception:  # the alias is safe; a missing tag only costs a line of history
+        log.warning("could not tag version %s rolled_back", version, exc_info=True)
     # Best effort: the endpoint's poller would also notice, this just makes it immediate.
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{config.serving_url}/reload", timeout=config.serving_timeout_seconds)
+        httpx.post(f"{config.serving_url}/reload", timeout=config.serving_timeout_seconds, headers=_serving_headers())
+    return where
+
+
+def _restore_alias(client: MlflowClient, config: PipelineConfig, version: str, previous_version: str | None) -> str:
+    current = _alias_target(client, config)
+    if current != version:
+        return f"left on {current} (moved there by another deploy since; not touched)"
+    if previous_version == version:
+        return f"left on {version}, which was the champion before this deploy"
+    if previous_version is None:
+        # There was no champion when validation ran: going back means no champion, not an untested one.
+        client.delete_registered_model_alias(config.registered_model_name, config.champion_alias)
+        return "removed (there was no champion before)"
+    client.set_registered_model_alias(config.registered_model_name, config.champion_alias, previous_version)
+    return f"moved back to {previous_version}"
