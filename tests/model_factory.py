@@ -1,9 +1,9 @@
 """Build, log and register small scikit-learn models the way the train/deploy stages do (test helper).
 
 Independent of the train stage: it only follows the model contract (a sklearn ``Pipeline`` whose first step derives
-date parts, then a ColumnTransformer with imputers/one-hot, then a classifier with ``predict_proba``; logged with
-``mlflow.sklearn.log_model(serialization_format="cloudpickle", signature=..., input_example=...)`` carrying the
-``mlpipeline`` code and pinned requirements from ``mlpipeline.registry``, registered, the ``champion`` alias set).
+date parts, then a ColumnTransformer with imputers/one-hot, then a classifier with ``predict_proba``; logged and
+signed with ``mlpipeline.registry.log_sklearn_model`` (skops, the reviewed trusted types, the ``mlpipeline`` code
+and pinned requirements, the signed digest as run tags), then registered, the ``champion`` alias set).
 One registry (temp dir + sqlite) is shared by the whole test process because creating the MLflow database costs
 seconds; test modules use distinct registered model names so they don't interfere.
 """
@@ -15,14 +15,12 @@ import contextlib
 import datetime as dt
 import hashlib
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
@@ -35,11 +33,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.payload import json_rows
-from mlpipeline.registry import model_code_paths, model_requirements
-
-# Pickle this module's classes by value so a logged model loads in any process (e.g. a server subprocess that
-# does not have tests/ on sys.path), exactly like a self-contained production artifact.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+from mlpipeline.registry import log_sklearn_model
 
 TARGET = "churned"
 NUMERIC = ["monthly_charges"]
@@ -158,7 +152,6 @@ class Registry:
     ) -> LoggedModel:
         """Train on synthetic data, log like the train stage, register under ``name``, optionally set ``alias``."""
         import mlflow
-        import mlflow.sklearn
         from mlflow.models import infer_signature
 
         data = make_frame(rows, seed=seed)
@@ -177,24 +170,15 @@ class Registry:
         data_sha256 = hashlib.sha256(pd.util.hash_pandas_object(data).values.tobytes()).hexdigest()
         trained_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         with warnings.catch_warnings():
-            # Integer-column and pickle-safety hints are expected for this contract.
+            # Integer-column hints are expected for this contract.
             warnings.simplefilter("ignore")
             signature = infer_signature(X, model.predict(X))
-            with mlflow.start_run(experiment_id=self.experiment_id) as run, model_code_paths() as code_paths:
+            with mlflow.start_run(experiment_id=self.experiment_id) as run:
                 mlflow.log_metrics(metrics)
                 mlflow.set_tags({"data_sha256": data_sha256, "trained_at": trained_at})
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    serialization_format="cloudpickle",
-                    signature=signature,
-                    input_example=X.head(3),
-                    registered_model_name=name,
-                    code_paths=code_paths,
-                    # Explicit requirements skip MLflow's requirement inference, a ~10 s subprocess per model.
-                    pip_requirements=model_requirements(),
-                )
-        version = str(info.registered_model_version)
+                info = log_sklearn_model(model, signature=signature, input_example=X.head(3))
+            # Registered once signed, as the deploy stage does: a version never exists unsigned.
+            version = str(mlflow.register_model(info.model_uri, name).version)
         if alias is not None:
             self.client.set_registered_model_alias(name, alias, version)
         return LoggedModel(

@@ -3,7 +3,8 @@
 The model embeds :class:`DateParts`, so the endpoint accepts the raw declared columns and derives the same
 features the ETL wrote; the two can never disagree. Every logged model carries a copy of this file as
 ``mlpipeline/features.py`` (``registry.model_code_paths``), so it imports nothing from mlpipeline, and
-``mlpipeline.features.DateParts`` keeps its name: registered models refer to it.
+``mlpipeline.features.DateParts`` keeps its name: registered models (skops files) refer to it, and it is one of
+the reviewed types models may contain (``integrity.TRUSTED_TYPES``).
 """
 
 from __future__ import annotations

@@ -7,22 +7,24 @@ import importlib.metadata
 import json
 import os
 import shutil
-import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import mlflow.sklearn
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from mlpipeline import integrity
 from mlpipeline.config import PipelineConfig
 
 # Quiet MLflow's per-call environment probing and its progress bars in task logs.
@@ -61,14 +63,14 @@ def champion_version(client: MlflowClient, config: PipelineConfig) -> ModelVersi
         raise
 
 
-# --- What a logged model carries, and loading it without disturbing the importing process -----------------------
+# --- What a logged model carries, logging it signed, and loading it only after verification ---------------------
 
-# Distributions whose code the pickled pipeline runs: the model flavour (scikit-learn, with DateParts needing
-# pandas) and the serialization format. Their dependencies are pinned too (see model_requirements).
-MODEL_RUNTIME_DISTRIBUTIONS: tuple[str, ...] = ("scikit-learn", "pandas", "cloudpickle")
-# The modules of this package the pickle refers to by name; shipped with the model as code_paths.
+# Distributions whose code the saved pipeline runs: the model flavour (scikit-learn, with DateParts needing
+# pandas) and the serialization format (skops). Their dependencies are pinned too (see model_requirements).
+MODEL_RUNTIME_DISTRIBUTIONS: tuple[str, ...] = ("scikit-learn", "pandas", "skops")
+# The modules of this package the model file refers to by name; shipped with the model as code_paths.
 MODEL_CODE_MODULES: tuple[str, ...] = ("features.py",)
-_BUNDLED_INIT = '''"""The part of mlpipeline {version} that a logged model needs to unpickle: mlpipeline.features.
+_BUNDLED_INIT = '''"""The part of mlpipeline {version} that a logged model needs to load: mlpipeline.features.
 
 Shipped with the model (MLflow code_paths) so it loads where this project is not installed; features.py is a
 byte-identical copy of the library's. Where the real package is already imported, that one is used.
@@ -98,7 +100,7 @@ def model_requirements() -> list[str]:
 
 @contextmanager
 def model_code_paths() -> Iterator[list[str]]:
-    """A temporary minimal ``mlpipeline`` package (``__init__.py`` + the modules the pickle names), as
+    """A temporary minimal ``mlpipeline`` package (``__init__.py`` + the modules the model file names), as
     ``code_paths`` for ``mlflow.<flavor>.log_model``."""
     from mlpipeline import __version__
 
@@ -112,23 +114,71 @@ def model_code_paths() -> Iterator[list[str]]:
         yield [str(bundle)]
 
 
-def load_sklearn_model(model_uri: str) -> Any:
-    """``mlflow.sklearn.load_model`` that leaves this process's imports as they were.
+def log_sklearn_model(
+    pipeline: Any, *, signature: ModelSignature, input_example: Any, name: str = "model"
+) -> ModelInfo:
+    """Log ``pipeline`` to the active MLflow run, then sign it: the one way models are logged.
 
-    MLflow prepends a model's code directory to ``sys.path`` (for good: a long-running server would collect one
-    entry per load, pointing at deleted download directories) and some versions evict cached modules named like
-    the shipped files. Unpickling resolves ``mlpipeline.features`` to the package already imported here (this
-    module is part of it); afterwards ``sys.path`` and every ``mlpipeline`` module are put back as they were.
+    skops with the reviewed trusted types (never pickle), the mlpipeline code it names (DateParts) and pinned
+    requirements, so it stands alone; then the digest of its stored files and the HMAC of it become tags of the
+    run (integrity.signature_tags). Register it only after this returns: unsigned models never load.
     """
-    path_before = list(sys.path)
-    ours_before = {name: module for name, module in sys.modules.items() if name.split(".")[0] == __package__}
-    try:
-        return mlflow.sklearn.load_model(model_uri)
-    finally:
-        # MLflow prepends: removing the first occurrence of each added entry keeps an older equal one in place.
-        for entry in (Counter(sys.path) - Counter(path_before)).elements():
-            sys.path.remove(entry)
-        sys.modules.update(ours_before)
+    integrity.signing_key()  # no key: refuse before logging anything
+    with model_code_paths() as code_paths:
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name=name,
+            signature=signature,
+            input_example=input_example,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=list(integrity.TRUSTED_TYPES),
+            code_paths=code_paths,
+            pip_requirements=model_requirements(),
+        )
+    client = MlflowClient()  # the fluent API's tracking URI, where the model was just logged
+    stored = client.get_logged_model(info.model_id).artifact_location
+    with tempfile.TemporaryDirectory(prefix="mlpipeline-sign-") as tmp:
+        # Exactly the stored files, as every loader downloads them (a models:/ download adds a metadata file).
+        local = mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=tmp)
+        tags = integrity.signature_tags(local)
+    for key, value in tags.items():
+        client.set_tag(info.run_id, key, value)
+    return info
+
+
+def load_sklearn_model(model_uri: str, *, tracking_uri: str | None = None) -> Any:
+    """Download the model's stored files, refuse pickle formats, verify the signed digest of its training run,
+    and only then load it with skops and the reviewed trusted types (integrity.load_verified_model).
+
+    Raises IntegrityError for a refused model. ``model_uri``: ``models:/<name>/<version>``,
+    ``models:/<name>@<alias>``, ``models:/<model id>`` or ``runs:/<run id>/<path>``; anything else (a local
+    directory) has no training run to read a signature from, so it is refused. MLflow's own loader is never
+    used: it would trust the type list the artifact declares, and it leaves the model's code on ``sys.path``.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    location, run_id, what = _stored_model(client, model_uri)
+    tags = client.get_run(run_id).data.tags if run_id else {}
+    with tempfile.TemporaryDirectory(prefix="mlpipeline-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=tracking_uri)
+        return integrity.load_verified_model(local, tags, what)
+
+
+def _stored_model(client: MlflowClient, model_uri: str) -> tuple[str, str | None, str]:
+    """(where the model's files are stored, the run that logged and signed them, a name for messages)."""
+    if model_uri.startswith("runs:/"):
+        return model_uri, model_uri.removeprefix("runs:/").split("/", 1)[0], f"model {model_uri}"
+    if not model_uri.startswith("models:/"):
+        return model_uri, None, f"model {model_uri}"
+    reference = model_uri.removeprefix("models:/")
+    if "@" in reference:
+        version = client.get_model_version_by_alias(*reference.split("@", 1))
+    elif "/" in reference:
+        version = client.get_model_version(*reference.rsplit("/", 1))
+    else:
+        logged = client.get_logged_model(reference)
+        return logged.artifact_location, logged.source_run_id, f"model {reference}"
+    where = client.get_model_version_download_uri(version.name, version.version)
+    return where, version.run_id or None, f"model v{version.version} of {version.name}"
 
 
 # --- Debris of killed attempts, and retiring old versions -------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The model the train stage logs stands alone: it carries the mlpipeline code it unpickles and pins the packages it
-runs on, loads where this repository is unknown, and loading it never disturbs a process that imports mlpipeline."""
+"""The model the train stage logs stands alone: it carries the mlpipeline code its skops file names and pins the
+packages it runs on (skops included), loads where this repository is unknown (with the trusted types it declares),
+and loading it never disturbs a process that imports mlpipeline. Models pickled the old way are refused."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from packaging.utils import canonicalize_name
 
 import mlpipeline
 import mlpipeline.features
+from mlpipeline.integrity import TRUSTED_TYPES, IntegrityError
 from mlpipeline.registry import load_sklearn_model
 from mlpipeline.stages.etl import EtlResult
 from mlpipeline.stages.train import TrainResult, build_pipeline, load_holdout, train
@@ -95,7 +97,13 @@ def test_a_logged_model_loads_and_predicts_where_the_project_is_not_installed(
 ) -> None:
     features = _holdout_features(ws, trained)
     features.to_parquet(tmp_path / "features.parquet")
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTHON")}
+    # MLflow's own loader, as a consumer of the registry uses it: with its default, which lets it load the skops file
+    # with the trusted types the model declares (false refuses every format, skops included).
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PYTHON") and name != "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+    }
     completed = subprocess.run(
         [sys.executable, "-I", "-B", "-c", _FRESH_LOAD, str(SRC), str(model_dir), str(tmp_path / "features.parquet")],
         cwd=tmp_path,
@@ -111,7 +119,7 @@ def test_a_logged_model_loads_and_predicts_where_the_project_is_not_installed(
     assert Path(seen["mlpipeline"]).resolve() == code / "__init__.py"
     assert Path(seen["features"]).resolve() == code / "features.py"
     assert seen["date_parts_module"] == "mlpipeline.features", "the class path registered models rely on"
-    expected = mlflow.sklearn.load_model(trained.model_uri)
+    expected = load_sklearn_model(trained.model_uri, tracking_uri=ws.tracking_uri)
     assert seen["served"] == expected.predict(features).tolist()
     assert np.array_equal(seen["probabilities"], expected.predict_proba(features)[:, 1])
 
@@ -125,6 +133,8 @@ def test_the_shipped_code_is_a_minimal_mlpipeline_whose_features_module_is_the_l
     assert (code / "mlpipeline" / "features.py").read_bytes() == Path(mlpipeline.features.__file__).read_bytes()
     flavors = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]
     assert flavors["sklearn"]["code"] == flavors["python_function"]["code"] == "code"
+    assert flavors["sklearn"]["serialization_format"] == "skops"
+    assert flavors["sklearn"]["skops_trusted_types"] == list(TRUSTED_TYPES), "what a standalone MLflow load trusts"
 
 
 def _pins(model_dir: Path) -> dict[str, str]:
@@ -139,35 +149,32 @@ def _pins(model_dir: Path) -> dict[str, str]:
 def test_the_logged_requirements_pin_the_installed_packages_and_never_a_bare_mlpipeline(model_dir: Path) -> None:
     pins = _pins(model_dir)
     assert "mlpipeline" not in pins, "that name on PyPI is an unrelated package"
-    assert {"scikit-learn", "numpy", "pandas", "scipy", "cloudpickle", "mlflow"} <= set(pins)
+    assert {"scikit-learn", "numpy", "pandas", "scipy", "skops", "mlflow"} <= set(pins)
     for name, version in pins.items():
         assert importlib.metadata.version(name) == version, f"{name} is pinned to {version}, not the installed one"
     python = yaml.safe_load((model_dir / "python_env.yaml").read_text())["python"]
     assert python == ".".join(map(str, sys.version_info[:3]))
 
 
-class _RecordingUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any) -> None:
-        super().__init__(file)
-        self.modules: set[str] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        self.modules.add(module)
-        return super().find_class(module, name)
-
-
-def _pickled_modules(path: Path) -> set[str]:
-    with path.open("rb") as file:
-        unpickler = _RecordingUnpickler(file)
-        unpickler.load()
-    return unpickler.modules
+def _skops_modules(path: Path) -> set[str]:
+    """Every module the skops file's schema names (read as JSON: nothing is loaded)."""
+    modules: set[str] = set()
+    pending: list[Any] = [json.loads(zipfile.ZipFile(path).read("schema.json"))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            modules.update([node["__module__"]] if "__module__" in node else [])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return modules
 
 
-def test_every_module_the_pickle_names_is_shipped_or_pinned(model_dir: Path) -> None:
-    """Nothing the unpickler imports is left to chance: stdlib, the shipped code, or a pinned distribution."""
+def test_every_module_the_model_file_names_is_shipped_or_pinned(model_dir: Path) -> None:
+    """Nothing the loader imports is left to chance: stdlib, the shipped code, or a pinned distribution."""
     pins = _pins(model_dir)
     distributions = importlib.metadata.packages_distributions()
-    modules = _pickled_modules(model_dir / "model.pkl")
+    modules = _skops_modules(model_dir / "model.skops")
     assert "mlpipeline.features" in modules
     for module in modules:
         top = module.split(".")[0]
@@ -208,10 +215,11 @@ def test_loading_never_shadows_or_evicts_the_real_package(ws: Workspace, trained
     assert np.array_equal(model.predict_proba(features), plain.predict_proba(features))
 
 
-def test_loading_puts_back_modules_an_mlflow_version_evicts(
+def test_loading_never_uses_mlflows_code_path_import_that_evicts_modules(
     ws: Workspace, trained: TrainResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Some MLflow versions drop cached modules named like the shipped files; ours come back as they were."""
+    """Some MLflow versions drop cached modules named like the shipped files; the verifying loader never puts the
+    model's code on sys.path, so ours stay as they were."""
 
     def prepend_and_evict(code_path: str) -> None:
         sys.path.insert(0, code_path)
@@ -230,10 +238,11 @@ def test_loading_puts_back_modules_an_mlflow_version_evicts(
     assert np.array_equal(model.predict_proba(features), expected)
 
 
-def test_a_model_pickled_the_old_way_without_shipped_code_still_loads(
+def test_a_model_pickled_the_old_way_is_refused_before_anything_is_unpickled(
     ws: Workspace, processed: EtlResult, tmp_path: Path
 ) -> None:
-    """Versions registered before models carried their code: a bare class path, resolved by the installed package."""
+    """Versions registered before models were saved with skops: cloudpickle files can run any code when loaded, so
+    the loader refuses them by their MLmodel alone, saying so, and never opens the pickle."""
     schema = ws.config().dataset_schema
     features, target = load_holdout(processed.data_path, schema)
     pipeline = build_pipeline(schema, "logistic_regression", {}, 0).fit(features, target)
@@ -241,11 +250,10 @@ def test_a_model_pickled_the_old_way_without_shipped_code_still_loads(
     mlflow.sklearn.save_model(
         pipeline, str(old), serialization_format="cloudpickle", pip_requirements=["scikit-learn", "mlpipeline"]
     )
-    assert not yaml.safe_load((old / "MLmodel").read_text())["flavors"]["sklearn"].get("code")
-    assert "mlpipeline.features" in _pickled_modules(old / "model.pkl")
+    assert yaml.safe_load((old / "MLmodel").read_text())["flavors"]["sklearn"]["serialization_format"] == "cloudpickle"
+    (old / "model.pkl").write_bytes(b"not a pickle: opening it would fail differently")
 
     path = list(sys.path)
-    for loaded in (load_sklearn_model(str(old)), mlflow.sklearn.load_model(str(old))):
-        assert type(loaded.steps[0][1]) is mlpipeline.features.DateParts
-        assert np.array_equal(loaded.predict_proba(features), pipeline.predict_proba(features))
+    with pytest.raises(IntegrityError, match=r"was saved with cloudpickle; loading it could execute .* refused"):
+        load_sklearn_model(str(old))
     assert sys.path == path

@@ -10,6 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipeline.config import ConfigError
+from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, SIGNING_KEY_ENV, IntegrityError, sign
+from mlpipeline.registry import load_sklearn_model
 from mlpipeline.stages.etl import EtlResult
 from mlpipeline.stages.train import TrainError, check_candidates, evaluate, features_and_target, train
 from mlpipeline.stages.validate import select_best
@@ -46,7 +48,12 @@ def test_train_logs_a_reloadable_model_with_real_metrics(ws: Workspace, processe
 
     info = mlflow.models.get_model_info(result.model_uri)
     assert [c.name for c in info.signature.inputs.inputs] == config.dataset_schema.feature_names
-    reloaded = mlflow.sklearn.load_model(result.model_uri)
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"
+    # The signed digest of the model's files: on the run (where every load reads it) and in the train record.
+    assert run.data.tags[DIGEST_TAG] == result.model_sha256 and len(result.model_sha256) == 64
+    assert run.data.tags[SIGNATURE_TAG] == result.model_signature == sign(result.model_sha256)
+    assert json.loads((Path(result.holdout_path).parent / "train.json").read_text())["model_signature"]
+    reloaded = load_sklearn_model(result.model_uri, tracking_uri=ws.tracking_uri)
     features, target = features_and_target(holdout, config.dataset_schema)
     assert evaluate(reloaded, features, target)["accuracy"] == pytest.approx(result.metrics["accuracy"])
 
@@ -74,6 +81,25 @@ def test_every_supported_model_type_trains(
     result = train(config, run=f"type-{model_type}", processed_data_path=processed.data_path, data_sha256="x")
     assert result.model_type == model_type
     assert result.metrics["roc_auc"] > 0.7
+    # The reviewed trusted types cover every model type: it loads through the verifying loader as it scored.
+    reloaded = load_sklearn_model(result.model_uri, tracking_uri=ws.tracking_uri)
+    features, target = features_and_target(pd.read_parquet(result.holdout_path), config.dataset_schema)
+    assert evaluate(reloaded, features, target)["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
+
+
+def test_without_a_signing_key_train_refuses_before_any_work(
+    ws: Workspace, processed: EtlResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    with pytest.raises(IntegrityError, match=f"{SIGNING_KEY_ENV} is not set.*no default key"):
+        train(ws.config(), run="unkeyed", processed_data_path=processed.data_path, data_sha256="x")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "short")
+    with pytest.raises(IntegrityError, match="too short"):
+        train(ws.config(), run="unkeyed", processed_data_path=processed.data_path, data_sha256="x")
+    assert not (ws.root / "data" / "models" / "unkeyed").exists()
+    client = MlflowClient(ws.tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments, filter_string="tags.pipeline_run = 'unkeyed'")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Loading one registered model version: download, unpickle, metadata, warm-up, fast path; and predicting with it."""
+"""Loading one registered model version: download, verify and load, metadata, warm-up, fast path; and predicting
+with it."""
 
 from __future__ import annotations
 
@@ -139,20 +140,27 @@ def prediction_plan(model: Any) -> tuple[Any, Any, bool]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _download(client: Any, tracking_uri: str, name: str, version: str, what: str) -> tuple[Any, InputSchema, Any]:
-    """(unpickled model, input schema from its signature, input example or None) of one version."""
+def _download(client: Any, tracking_uri: str, model_version: Any, what: str) -> tuple[Any, InputSchema, Any]:
+    """(verified and loaded model, input schema from its signature, input example or None) of one version.
+
+    Nothing of the download is read beyond the MLmodel file before its signed digest checks out, and the model
+    loads from skops with the reviewed trusted types only (integrity.load_verified_model): a refused version
+    raises IntegrityError and the server keeps the model it serves."""
     import mlflow.artifacts
-    import mlflow.sklearn
     from mlflow.models import Model
 
-    artifact_uri = client.get_model_version_download_uri(name, version)
+    from mlpipeline.integrity import load_verified_model
+
+    artifact_uri = client.get_model_version_download_uri(model_version.name, model_version.version)
+    # The signed digest lives on the training run; no run, no signature (the version is refused).
+    tags = client.get_run(model_version.run_id).data.tags if model_version.run_id else {}
     # A private local copy pinned to this version: the alias may move meanwhile, and the process-global MLflow
     # tracking URI is not involved (several apps with different registries can live in one process).
     with tempfile.TemporaryDirectory(prefix="mlpipeline-serving-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri)
+        model = load_verified_model(local, tags, what)
         meta = Model.load(local)
         schema = InputSchema.from_signature(meta.signature)
-        model = mlflow.sklearn.load_model(local)
         try:
             example = meta.load_input_example(local)
         except Exception as exc:  # an unreadable example should not block an otherwise good model
@@ -218,10 +226,11 @@ def _warmed_up(loaded: LoadedModel, example_rows: list[dict[str, Any]] | None, w
 
 
 def load_model_version(client: Any, tracking_uri: str, name: str, version: str, alias: str) -> LoadedModel:
-    """Download, unpickle and warm up one registered version. Raises on any problem; nothing is half-applied."""
+    """Download, verify, load and warm up one registered version. Raises on any problem (IntegrityError for a
+    refused model); nothing is half-applied."""
     what = f"{name} version {version}"
     model_version = client.get_model_version(name, version)
-    model, schema, example = _download(client, tracking_uri, name, version, what)
+    model, schema, example = _download(client, tracking_uri, model_version, what)
     classes = _classes(model, what)
     metrics, tags = _training_run(client, model_version, what)
     preprocess, final_step, labels_are_argmax = prediction_plan(model)

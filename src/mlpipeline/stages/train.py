@@ -33,7 +33,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
 from mlpipeline.features import DateParts, date_part_columns
-from mlpipeline.registry import ensure_experiment, model_code_paths, model_requirements, use_tracking
+from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
+from mlpipeline.registry import ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
 
 RECORD_FILE = "train.json"
@@ -60,6 +61,9 @@ class TrainResult:
     n_train: int
     n_test: int
     seconds: float
+    # The signed sha256 of the logged model's files (also tags of the MLflow run): what every load verifies.
+    model_sha256: str = ""
+    model_signature: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +202,7 @@ def train(
     if (out_dir / RECORD_FILE).exists():
         return TrainResult(**read_json(out_dir / RECORD_FILE))
 
+    signing_key()  # without the key no model can be signed: refuse before the costly fit
     started = time.perf_counter()
     split = _split(config, processed_data_path)
     pipeline = _fit(config, candidate, split)
@@ -213,7 +218,7 @@ def train(
     }
     with atomic_directory(out_dir) as tmp:
         _write_holdout(tmp, config.dataset_schema, split, metrics)
-        mlflow_run_id, model_uri = _log_to_mlflow(config, candidate, run, tags, pipeline, split, metrics)
+        mlflow_run_id, model_uri, signed = _log_to_mlflow(config, candidate, run, tags, pipeline, split, metrics)
         result = TrainResult(
             candidate=candidate.name,
             mlflow_run_id=mlflow_run_id,
@@ -227,6 +232,8 @@ def train(
             n_train=len(split.x_train),
             n_test=len(split.x_test),
             seconds=round(time.perf_counter() - started, 3),
+            model_sha256=signed[DIGEST_TAG],
+            model_signature=signed[SIGNATURE_TAG],
         )
         (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
@@ -280,8 +287,9 @@ def _log_to_mlflow(
     pipeline: Pipeline,
     split: _Split,
     metrics: dict[str, Any],
-) -> tuple[str, str]:
-    """One MLflow run with the tags, parameters, metrics and the model; returns (run id, model URI)."""
+) -> tuple[str, str, dict[str, str]]:
+    """One MLflow run with the tags, parameters, metrics and the signed model; returns (run id, model URI, the
+    run's tags, with the model's signed digest)."""
     client = use_tracking(config)
     experiment_id = ensure_experiment(client, config.mlflow_experiment, config.mlflow_artifact_location)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}") as mlflow_run:
@@ -300,25 +308,11 @@ def _log_to_mlflow(
         )
         mlflow.log_metrics(_scalar(metrics))
         mlflow.log_dict(metrics, "metrics.json")
-        model_uri = _log_model(pipeline, split.x_train.head(5))
-    return mlflow_run.info.run_id, model_uri
-
-
-def _log_model(pipeline: Pipeline, example: pd.DataFrame) -> str:
-    """Log the pipeline so it stands alone: the mlpipeline code it unpickles (DateParts) travels with it, and its
-    requirements pin the exact scientific stack it was fitted with."""
-    signature = infer_signature(example, pipeline.predict(example))
-    with model_code_paths() as code_paths:
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name=MODEL_ARTIFACT,
-            signature=signature,
-            input_example=example,
-            serialization_format="cloudpickle",
-            code_paths=code_paths,
-            pip_requirements=model_requirements(),
-        )
-    return info.model_uri
+        example = split.x_train.head(5)
+        signature = infer_signature(example, pipeline.predict(example))
+        info = log_sklearn_model(pipeline, signature=signature, input_example=example, name=MODEL_ARTIFACT)
+    signed_tags = client.get_run(mlflow_run.info.run_id).data.tags
+    return mlflow_run.info.run_id, info.model_uri, signed_tags
 
 
 def load_holdout(path: str | Path, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:
