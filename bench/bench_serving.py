@@ -21,6 +21,7 @@ import os
 import queue
 import re
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -365,10 +366,14 @@ def build_store(root: Path) -> Store:
 
     from mlpipeline.config import build_config
     from mlpipeline.dev.datasource import generate_churn_dataset, to_csv_bytes
+    from mlpipeline.integrity import SIGNING_KEY_ENV
     from mlpipeline.payload import json_rows
     from mlpipeline.stages.etl import etl
     from mlpipeline.stages.train import load_holdout, train
 
+    # train() signs the models it logs and our server verifies them: a throw-away key for this throw-away registry,
+    # inherited by the servers started below (a deployment's is in .env).
+    os.environ.setdefault(SIGNING_KEY_ENV, secrets.token_hex(32))
     settings = {
         "data_dir": str(root / "data"),
         "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",

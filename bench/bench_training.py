@@ -12,6 +12,8 @@ Ours and bare are interleaved per repeat. OpenMP/BLAS threads are limited to ``T
 
 from __future__ import annotations
 
+import os
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from mlpipeline.config import DatasetSchema, ModelType, PipelineConfig, build_config
 from mlpipeline.dev.datasource import generate_churn_dataset, to_parquet_bytes
+from mlpipeline.integrity import SIGNING_KEY_ENV
 from mlpipeline.stages.etl import etl
 from mlpipeline.stages.train import build_pipeline, features_and_target, train
 
@@ -86,6 +89,8 @@ def _process(rows: int, root: Path, config: PipelineConfig) -> Processed:
 
 
 def _stage_config(root: Path, model_type: str, hyperparameters: dict[str, Any]) -> PipelineConfig:
+    # train() signs the model it logs: a throw-away key for this throw-away registry (a deployment's is in .env).
+    os.environ.setdefault(SIGNING_KEY_ENV, secrets.token_hex(32))
     return build_config(
         {
             "data_dir": str(root / "data"),
