@@ -190,10 +190,11 @@ def _wait_for_version(http: httpx.Client, version: str, timeout: float) -> None:
     )
 
 
-def _smoke_test(http: httpx.Client, config: PipelineConfig, candidate: TrainResult, version: str) -> tuple[int, float]:
+def _smoke_test(
+    http: httpx.Client, config: PipelineConfig, candidate: TrainResult, version: str, offline: Any
+) -> tuple[int, float]:
     features, _ = load_holdout(candidate.holdout_path, config.dataset_schema)
     features = features.head(config.smoke_test_rows)
-    offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
     expected_labels = offline.predict(features)
     expected_probabilities = offline.predict_proba(features)[:, 1]
     response = http.post("/predict", json={"rows": json_rows(features)})
@@ -232,13 +233,16 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
     if _check_unmoved(client, config, version, previous_version):
         _record_intent(client, config, run, version, previous_version)
 
+    # The offline model the endpoint must agree with, verified and loaded before the alias moves: a refused model
+    # (IntegrityError: unsafe format, tampered files) fails the deploy at once, with nothing changed.
+    offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
     _move_alias(client, config, version, previous_version)
     try:
         with httpx.Client(
             base_url=config.serving_url, timeout=config.serving_timeout_seconds, headers=_serving_headers()
         ) as http:
             _wait_for_version(http, version, config.serving_timeout_seconds)
-            rows, difference = _smoke_test(http, config, candidate, version)
+            rows, difference = _smoke_test(http, config, candidate, version, offline)
     except Exception as exc:
         cause = exc if isinstance(exc, DeployError) else f"deploying version {version} failed ({exc!r})"
         where = _roll_back(client, config, version, previous_version, str(cause))

@@ -14,6 +14,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 
 from mlpipeline.config import PipelineConfig
+from mlpipeline.integrity import IntegrityError
 from mlpipeline.registry import (
     DATA_SHA256_TAG,
     TRAINING_FINGERPRINT_TAG,
@@ -115,6 +116,8 @@ def _versus_champion(
     champion_uri = f"models:/{config.registered_model_name}/{champion.version}"
     try:
         champion_model = load_sklearn_model(champion_uri)
+    except IntegrityError:
+        raise  # a refused champion (unsafe format, tampered files): bad input, says which and why; never retried
     except Exception as exc:
         raise RuntimeError(
             f"cannot load the current champion {champion_uri} to compare with the candidate: {exc}. "
