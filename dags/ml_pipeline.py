@@ -34,8 +34,15 @@ QUEUE_IO = os.environ.get("ML_PIPELINE_QUEUE_IO", "io")
 QUEUE_TRAINING = os.environ.get("ML_PIPELINE_QUEUE_TRAINING", "training")
 # Caps concurrent training across all workers and runs; created by the init step (deploy/init.sh, the demo).
 TRAINING_POOL = os.environ.get("ML_PIPELINE_TRAINING_POOL", "training")
+# One slot: deploys never overlap, whatever runs are active (deploy itself also checks the alias before moving it).
+DEPLOY_POOL = os.environ.get("ML_PIPELINE_DEPLOY_POOL", "deploy")
+# One run at a time (compose and README say the same): a second run would mostly queue behind the first for the
+# training and deploy pools. Above 1 the champion is still safe (deploys are serialised and compare-and-set).
+MAX_ACTIVE_RUNS = int(os.environ.get("ML_PIPELINE_MAX_ACTIVE_RUNS", "1"))
 
 
+# Every task retries at least twice (a worker, Redis or MLflow restart costs a try, not the run); errors that a
+# retry would only repeat (bad config, bad data, a refused model) fail at once through fail_fast_on.
 default_args = {
     "owner": "ml-team",
     "retries": 2,
@@ -52,11 +59,14 @@ DOC = """
 
 Retrains and ships the churn classifier (or whatever dataset the Variables describe).
 
-`start` → `crawl_data` → `etl` → `train_model` (one mapped instance per candidate, listed by `list_candidates`
-beside the crawl) → `validate_model` (best candidate) → `decide` (**branch**):
-- *deploy*: metric ≥ `accuracy_threshold` and not worse than the champion → `deploy_model` → `monitor` →
-  `success_email` → `end`
-- *reject*: otherwise → `retrain_alert` → `end`
+`start` → `crawl_data` → `check_data` → `data_changed` (**branch**):
+- *unchanged*: the data (sha256) and the training (candidates, settings, code) are those the champion came from
+  → `report_unchanged` → `end`: nothing is trained or registered
+- *changed*: → `etl` → `train_model` (one mapped instance per candidate, listed by `list_candidates` beside the
+  crawl) → `validate_model` (best candidate) → `decide` (**branch**):
+  - *deploy*: metric ≥ `accuracy_threshold` and beats the champion by more than `champion_margin` →
+    `deploy_model` → `monitor` → `success_email` → `end`
+  - *reject*: otherwise (a tie keeps the champion) → `retrain_alert` → `end`
 
 Each task calls one function of the `mlpipeline` library; data moves as files under `data_dir`
 (`raw/<run>/`, `processed/<run>/`, `models/<run>/`, `runs/<run>/`), XCom carries only paths and small records.
@@ -64,7 +74,7 @@ Each task calls one function of the `mlpipeline` library; data moves as files un
 **Configuration**: one Airflow Variable per setting (`crawl_url`, `ml_model_type`, `candidates`, `accuracy_threshold`,
 `test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf` overrides any of
 them for one run, e.g. `{"accuracy_threshold": 0.9}`. `start` validates and freezes the config of the run.
-Failures of any task are emailed (connection `smtp_default`).
+Every task retries at least twice; a failure is emailed (connection `smtp_default`) once, when no retry is left.
 """
 
 
@@ -76,7 +86,7 @@ Each task adds its own entry and passes the whole record on, so every edge of th
 # The tasks, in pipeline order. Their docstrings are their docs in the Airflow UI.
 
 
-@task(retries=0)
+@task
 def start() -> Record:
     """Resolve the Variables and the run's conf into one validated config, frozen for the whole run
     (`runs/<run>/config.json`). Bad config fails here, at once, and is emailed."""
@@ -92,7 +102,7 @@ def start() -> Record:
     return {"config_path": str(path), "run": run}
 
 
-@task(retries=0)
+@task
 def list_candidates(record: Record) -> list[dict[str, Any]]:
     """The models to train, one mapped `train_model` each. Runs beside `crawl_data`, off the critical path
     (Airflow maps only over a task's whole return value, so this is its own small task)."""
@@ -108,6 +118,40 @@ def crawl_data(record: Record) -> Record:
 
     with fail_fast_on(CrawlError):  # lets through the errors marked retryable
         return {**record, "crawl": crawl(read_config(record["config_path"]), record["run"]).to_dict()}
+
+
+@task
+def check_data(record: Record) -> Record:
+    """Is there anything new to train? Compares the crawled data's sha256, and this run's candidates, the settings
+    that shape or judge them and the code, with what the champion was trained with (its registry tags). The answer
+    and why go to `runs/<run>/data_check.json`."""
+    from mlpipeline.stages.validate import check_data
+
+    check = check_data(read_config(record["config_path"]), run=record["run"], data_sha256=record["crawl"]["sha256"])
+    log.info("data check: %s", check.reason)
+    return {**record, "data_check": check.to_dict()}
+
+
+@task.branch
+def data_changed(record: Record) -> str:
+    """`etl` and the rest of the pipeline if there is something new to train; else `report_unchanged` (training
+    would only reproduce the champion: nothing is trained or registered)."""
+    return "report_unchanged" if record["data_check"]["unchanged"] else "etl"
+
+
+@task(queue=QUEUE_IO)
+def report_unchanged(record: Record) -> str:
+    """The run ends early, the champion keeps serving: said in the run's record (`data_check.json`) and, if
+    `notify_unchanged`, in one short email."""
+    from mlpipeline.stages.validate import DataCheck, unchanged_email
+
+    config = read_config(record["config_path"])
+    check = DataCheck(**record["data_check"])
+    if not config.notify_unchanged:
+        return ""
+    email = unchanged_email(check, dag_run=record["run"])
+    send_email(config, email)
+    return email.subject
 
 
 @task
@@ -128,7 +172,6 @@ def etl(record: Record) -> Record:
 
 
 @task(
-    retries=1,
     queue=QUEUE_TRAINING,
     pool=TRAINING_POOL,
     execution_timeout=timedelta(hours=2),
@@ -158,11 +201,12 @@ def train_model(record: Record, candidate: dict[str, Any]) -> Record:
 train_model = train_model.override(doc_md=train_model.function.__doc__)
 
 
-@task(retries=1, queue=QUEUE_TRAINING)
+@task(queue=QUEUE_TRAINING)
 def validate_model(trained: list[Record]) -> Record:
-    """Pick the best candidate on `validation_metric` and judge it: at least `accuracy_threshold`, and not worse
-    than the champion on the same holdout? The decision, its reasons and the ranking go to
-    `runs/<run>/validate.json`."""
+    """Pick the best candidate on `validation_metric` and judge it: at least `accuracy_threshold`, and better than
+    the champion on the same holdout by more than `champion_margin` (a tie keeps the champion)? The decision, its
+    reasons and the ranking go to `runs/<run>/validate.json`."""
+    from mlpipeline.integrity import IntegrityError
     from mlpipeline.stages.train import TrainResult
     from mlpipeline.stages.validate import select_best, validate
 
@@ -170,7 +214,8 @@ def validate_model(trained: list[Record]) -> Record:
     config = read_config(records[0]["config_path"])
     best, ranking = select_best([TrainResult(**r["train"]) for r in records], config.validation_metric)
     record = next(r for r in records if r["train"]["candidate"] == best.candidate)
-    decision = validate(config, run=record["run"], candidate=best, ranking=ranking)
+    with fail_fast_on(IntegrityError):  # a refused champion model: retrying would refuse it again
+        decision = validate(config, run=record["run"], candidate=best, ranking=ranking)
     for reason in decision.reasons:
         log.info("validation: %s", reason)
     return {**record, "validate": decision.to_dict()}
@@ -183,24 +228,28 @@ def decide(record: Record) -> str:
     return "deploy_model" if record["validate"]["deploy"] else "retrain_alert"
 
 
-@task(retries=1, queue=QUEUE_IO)
+@task(queue=QUEUE_IO, pool=DEPLOY_POOL)
 def deploy_model(record: Record) -> Record:
-    """Register the validated candidate in MLflow, move the `champion` alias to it, have the endpoint load it and
-    check that it answers like the offline model; any failure moves the alias back."""
-    from mlpipeline.stages.deploy import deploy
+    """Register the validated candidate in MLflow (once: the same model is never registered twice), move the
+    `champion` alias to it only if it still points where validation saw it, have the endpoint load it and check
+    that it answers like the offline model; any failure moves the alias back. Runs one at a time (`deploy` pool);
+    safe to retry at any point. A rollback that cannot reach MLflow fails at once, loudly."""
+    from mlpipeline.integrity import IntegrityError
+    from mlpipeline.stages.deploy import DeployError, deploy
     from mlpipeline.stages.train import TrainResult
     from mlpipeline.stages.validate import ValidationDecision
 
-    result = deploy(
-        read_config(record["config_path"]),
-        run=record["run"],
-        candidate=TrainResult(**record["train"]),
-        decision=ValidationDecision(**record["validate"]),
-    )
+    with fail_fast_on(DeployError, IntegrityError):  # lets through the errors marked retryable
+        result = deploy(
+            read_config(record["config_path"]),
+            run=record["run"],
+            candidate=TrainResult(**record["train"]),
+            decision=ValidationDecision(**record["validate"]),
+        )
     return {**record, "deploy": result.to_dict()}
 
 
-@task(retries=1)
+@task
 def monitor(record: Record) -> Record:
     """Check the live endpoint (healthy, serving the deployed version, answering on the holdout) and the data
     drift (PSI against the reference data). An unhealthy endpoint fails the task; drift alerts are emailed."""
@@ -249,7 +298,7 @@ def retrain_alert(record: Record) -> str:
     schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=int(os.environ.get("ML_PIPELINE_MAX_ACTIVE_RUNS", "1")),
+    max_active_runs=MAX_ACTIVE_RUNS,
     default_args=default_args,
     tags=["ml", "training", "deployment"],
     doc_md=DOC,
@@ -258,11 +307,19 @@ def ml_pipeline() -> None:
     end = EmptyOperator(
         task_id="end",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-        doc_md="Joins the two branches: succeeds when one of them did and nothing failed.",
+        doc_md="Joins the branches (deployed, rejected, unchanged): succeeds when one of them did and nothing failed.",
     )
 
     started = start()
-    cleaned = etl(crawl_data(started))
+    crawled = check_data(crawl_data(started))
+    changed = data_changed(crawled)
+
+    unchanged = report_unchanged(crawled)
+    changed >> Label("unchanged") >> unchanged
+    unchanged >> end
+
+    cleaned = etl(crawled)
+    changed >> Label("changed") >> cleaned
     trained = train_model.partial(record=cleaned).expand(candidate=list_candidates(started))
     validated = validate_model(trained)
     decision = decide(validated)

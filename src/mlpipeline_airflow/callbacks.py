@@ -1,14 +1,30 @@
-"""``on_failure_callback``: email a task's failure to the run's recipients, whatever the task."""
+"""``on_failure_callback``: email a task's final failure to the run's recipients, whatever the task; once.
+
+Airflow 3.1 calls ``on_failure_callback`` from two places (``airflow.sdk.execution_time.task_runner.finalize`` and
+``airflow.dag_processing.processor._execute_task_callbacks``):
+
+* the task's own process (or ``airflow dags test``), after a try failed with no retry left (a try that will be
+  retried gets ``on_retry_callback`` instead): its task instance is ``failed`` already;
+* the DAG processor, on the scheduler's behalf, when a task stopped heartbeating (its worker died) or its process
+  ended without reporting: for ANY try, retry pending or not, with a task instance without state (the request
+  carries none) and no ``exception``. The scheduler then fails the try and retries it if
+  ``try_number <= max_tries``; and for a heartbeat timeout it asks twice (once on the timeout, once when the
+  executor reports the try failed).
+
+So: no email when a retry follows (the task may well succeed), and one email per failed try.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from airflow.sdk import Variable
 
 from mlpipeline.config import ConfigError, PipelineConfig, build_config, read_config
 from mlpipeline.stages import notify
+from mlpipeline.storage import DataLayout
 from mlpipeline_airflow.notifications import send_email
 
 log = logging.getLogger(__name__)
@@ -17,11 +33,20 @@ log = logging.getLogger(__name__)
 CONFIG_TASK_ID = "start"
 # The only settings a failure email needs; read one by one so one bad Variable cannot silence the rest.
 RECIPIENT_SETTINGS = ("notification_email", "email_from")
+# Under runs/<run>/: one marker per failed try that was emailed.
+ALERTS_DIR = "alerts"
 
 
 def notify_failure(context: dict[str, Any]) -> None:
-    """Email the failure. Never raises: a broken mail server must not hide the task's own error."""
+    """Email a final failure, once. Never raises: a broken mail server must not hide the task's own error."""
     ti = context["ti"]
+    if will_be_retried(context):
+        log.info("try %s of %s failed and will be retried: no email", ti.try_number, ti.max_tries + 1)
+        return
+    record = ti.xcom_pull(task_ids=CONFIG_TASK_ID)
+    if not _first_report(ti, record):
+        log.info("this failure was emailed already")
+        return
     error = context.get("exception")
     email = notify.failure_email(
         dag_id=ti.dag_id,
@@ -32,14 +57,45 @@ def notify_failure(context: dict[str, Any]) -> None:
         log_url=getattr(ti, "log_url", None),
     )
     try:
-        send_email(failure_recipients(context), email)
+        send_email(_recipients(record), email)
     except Exception:
         log.exception("could not send the failure email")
 
 
+def will_be_retried(context: dict[str, Any]) -> bool:
+    """Whether Airflow runs the task again after this failure (see the module's doc for who calls when)."""
+    ti = context["ti"]
+    if getattr(ti, "state", None) == "failed" or "exception" in context:
+        return False  # the task's own process: it calls on_failure_callback for a final failure only
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    # As TaskInstance.is_eligible_to_retry decides it for the scheduler.
+    return try_number is not None and max_tries is not None and try_number <= max_tries
+
+
+def _first_report(ti: Any, record: dict[str, Any] | None) -> bool:
+    """True the first time this try's failure is reported. Claims a marker under the run's records (shared by all
+    workers and the DAG processor); where there is none yet (start failed) or it cannot be written, every report
+    counts: an email too many beats none."""
+    if not record:
+        return True
+    try:
+        alerts = DataLayout.of(read_config(record["config_path"]).data_dir).run_records(record["run"]) / ALERTS_DIR
+        alerts.mkdir(parents=True, exist_ok=True)
+        marker = alerts / f"{ti.task_id}.{getattr(ti, 'map_index', -1)}.{ti.try_number}"
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except (OSError, ConfigError, KeyError):
+        log.warning("cannot record that this failure was emailed; emailing anyway", exc_info=True)
+    return True
+
+
 def failure_recipients(context: dict[str, Any]) -> PipelineConfig:
     """The run's frozen config if the start task got that far, else whatever valid Variables give, else defaults."""
-    record = context["ti"].xcom_pull(task_ids=CONFIG_TASK_ID)
+    return _recipients(context["ti"].xcom_pull(task_ids=CONFIG_TASK_ID))
+
+
+def _recipients(record: dict[str, Any] | None) -> PipelineConfig:
     if record:
         try:
             return read_config(record["config_path"])

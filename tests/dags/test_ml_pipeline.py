@@ -16,6 +16,8 @@ pytestmark = pytest.mark.airflow
 DEPLOY_PATH = [
     "start",
     "crawl_data",
+    "check_data",
+    "data_changed",
     "etl",
     "train_model",
     "validate_model",
@@ -46,14 +48,18 @@ def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
     output = airflow_stack.airflow("dags", "list-import-errors", "-o", "json").stdout
     assert "ml_pipeline" not in output
     tasks = airflow_stack.airflow("tasks", "list", "ml_pipeline").stdout.split()
-    assert set(tasks) == {*DEPLOY_PATH, "list_candidates", "retrain_alert"}
+    assert set(tasks) == {*DEPLOY_PATH, "list_candidates", "retrain_alert", "report_unchanged"}
 
     dag = _serialized_dag(airflow_stack)
     serialized = {t["__var"]["task_id"]: t["__var"] for t in dag["tasks"]}
     downstream = {task_id: set(t.get("downstream_task_ids", [])) for task_id, t in serialized.items()}
     assert downstream == {
         "start": {"crawl_data", "list_candidates"},
-        "crawl_data": {"etl"},
+        "crawl_data": {"check_data"},
+        # check_data's record is the argument of the branch and of both its ways.
+        "check_data": {"data_changed", "etl", "report_unchanged"},
+        "data_changed": {"etl", "report_unchanged"},
+        "report_unchanged": {"end"},
         "list_candidates": {"train_model"},
         "etl": {"train_model"},
         "train_model": {"validate_model"},
@@ -66,7 +72,10 @@ def test_dag_is_wired_as_designed(airflow_stack: LocalStack) -> None:
         "retrain_alert": {"end"},
         "end": set(),
     }
-    assert dag["edge_info"] == {"decide": {"deploy_model": {"label": "deploy"}, "retrain_alert": {"label": "reject"}}}
+    assert dag["edge_info"] == {
+        "data_changed": {"etl": {"label": "changed"}, "report_unchanged": {"label": "unchanged"}},
+        "decide": {"deploy_model": {"label": "deploy"}, "retrain_alert": {"label": "reject"}},
+    }
     assert serialized["end"]["trigger_rule"] == "none_failed_min_one_success"
     # Every task has a doc in the UI (a mapped task keeps its own in partial_kwargs).
     docs = {task_id: t.get("doc_md") or t.get("partial_kwargs", {}).get("doc_md") for task_id, t in serialized.items()}
@@ -85,7 +94,7 @@ def test_threshold_zero_takes_the_deploy_path_and_serves_the_best_candidate(airf
     ]
     run_id, states = dags_test(airflow_stack, {"accuracy_threshold": 0, "candidates": candidates})
     assert {task: states[task] for task in DEPLOY_PATH} == dict.fromkeys(DEPLOY_PATH, "success")
-    assert states["retrain_alert"] == "skipped"
+    assert states["retrain_alert"] == states["report_unchanged"] == "skipped"
     # One mapped train_model instance per candidate, labelled with its name.
     mapped = query(
         airflow_stack,
@@ -139,3 +148,32 @@ def test_invalid_config_fails_the_first_task_and_emails_the_failure(airflow_stac
     assert states["start"] == "failed"
     assert states["crawl_data"] == "upstream_failed"
     assert any("FAILED: ml_pipeline.start" in s for s in mailbox_subjects(airflow_stack))
+
+
+def _registered_versions(stack: LocalStack) -> set[str]:
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    return {str(v.version) for v in client.search_model_versions("name = 'churn_classifier'")}
+
+
+def test_an_unchanged_source_trains_and_registers_nothing_the_second_time(airflow_stack: LocalStack) -> None:
+    # A tolerance makes the first run's model the champion whatever earlier tests left; the second run is the same.
+    conf = {"accuracy_threshold": 0, "champion_tolerance": 1}
+    _, first = dags_test(airflow_stack, conf)
+    assert first["deploy_model"] == "success" and first["report_unchanged"] == "skipped"
+    champion, versions = _champion(airflow_stack), _registered_versions(airflow_stack)
+
+    airflow_stack.variables["notify_unchanged"] = "true"
+    try:
+        run_id, second = dags_test(airflow_stack, conf)
+    finally:
+        del airflow_stack.variables["notify_unchanged"]
+    for task in ("start", "crawl_data", "check_data", "data_changed", "report_unchanged", "end"):
+        assert second[task] == "success", task
+    for task in ("etl", "train_model", "validate_model", "decide", "deploy_model", "monitor", "success_email"):
+        assert second[task] == "skipped", task
+    assert second["retrain_alert"] == "skipped"
+    assert _registered_versions(airflow_stack) == versions
+    assert _champion(airflow_stack) == champion == served_version(airflow_stack)
+    check = read_json(DataLayout.of(airflow_stack.data_dir).run_records(run_key(run_id)) / "data_check.json")
+    assert check["unchanged"] is True and check["champion_version"] == champion
+    assert f"[ml_pipeline] nothing new: champion v{champion} keeps serving" in mailbox_subjects(airflow_stack)

@@ -11,7 +11,7 @@ import pytest
 from mlpipeline.config import ConfigError, build_config
 from mlpipeline.dev.mailcatcher import MailCatcher
 from mlpipeline.storage import atomic_write_json
-from mlpipeline_airflow.callbacks import failure_recipients, notify_failure
+from mlpipeline_airflow.callbacks import failure_recipients, notify_failure, will_be_retried
 
 
 @dataclass
@@ -23,6 +23,9 @@ class FakeTaskInstance:
     task_id: str = "etl"
     run_id: str = "manual__2026-01-01T00:00:00+00:00"
     try_number: int = 3
+    max_tries: int = 2  # retries=2: tries 1 and 2 are followed by another
+    map_index: int = -1
+    state: str | None = None  # "failed" in the task's own process; unset in the DAG processor's callbacks
     log_url: str = "http://airflow/log?task_id=etl"
     pulled: list[str] = field(default_factory=list)
 
@@ -34,6 +37,7 @@ class FakeTaskInstance:
 def _frozen_config(tmp_path: Path, **settings: str) -> dict[str, str]:
     """What the start task returns, with its config file written as start writes it."""
     path = tmp_path / "runs" / "run1" / "config.json"
+    settings = {"data_dir": str(tmp_path / "data"), **settings}  # where the callback keeps its markers
     atomic_write_json(path, json.loads(build_config(settings).model_dump_json()))
     return {"config_path": str(path), "run": "run1"}
 
@@ -49,6 +53,54 @@ def test_emails_the_failure_to_the_runs_recipients(mail: MailCatcher, tmp_path: 
     assert "ConfigError: accuracy_threshold: must be &lt;= 1" in body
     assert ti.log_url in body
     assert ti.pulled == ["start"]
+
+
+# Airflow 3.1's DAG processor calls on_failure_callback, with a stateless task instance, when a task stopped
+# heartbeating (its worker died), whatever try it was; the task's own process calls it, with the task instance
+# failed (and, except under `airflow dags test`, the exception), only for a final failure.
+
+
+def test_a_heartbeat_timeout_that_will_be_retried_sends_nothing(mail: MailCatcher, tmp_path: Path) -> None:
+    ti = FakeTaskInstance(_frozen_config(tmp_path), try_number=1)
+    assert will_be_retried({"ti": ti})
+    notify_failure({"ti": ti})
+    assert mail.messages() == []
+    # The retry then fails for good, in its own process: that is emailed.
+    notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path), try_number=2, state="failed")})
+    assert [m["Subject"] for m in mail.messages()] == [f"[ml_pipeline] FAILED: ml_pipeline.etl in run {ti.run_id}"]
+
+
+def test_a_heartbeat_timeout_on_the_last_try_is_emailed_once(mail: MailCatcher, tmp_path: Path) -> None:
+    record = _frozen_config(tmp_path)
+    last_try = {"ti": FakeTaskInstance(record, try_number=3)}
+    assert not will_be_retried(last_try)
+    notify_failure(last_try)  # on the heartbeat timeout
+    notify_failure(last_try)  # again when the executor reports the try failed
+    assert len(mail.messages()) == 1
+    # Another task, or a mapped instance of this one, is another failure.
+    notify_failure({"ti": FakeTaskInstance(record, try_number=3, map_index=1)})
+    assert len(mail.messages()) == 2
+
+
+@pytest.mark.parametrize("with_exception", [True, False], ids=["worker", "airflow dags test"])
+def test_a_fail_fast_error_on_the_first_try_is_emailed(mail: MailCatcher, tmp_path: Path, with_exception: bool) -> None:
+    """AirflowFailException ends the task on try 1 of 3: its own process reports it, failed."""
+    context: dict[str, Any] = {"ti": FakeTaskInstance(_frozen_config(tmp_path), try_number=1, state="failed")}
+    if with_exception:
+        context["exception"] = ConfigError("bad")
+    assert not will_be_retried(context)
+    notify_failure(context)
+    assert len(mail.messages()) == 1
+
+
+def test_a_failed_rollback_says_the_alias_may_point_at_an_untested_version(mail: MailCatcher, tmp_path: Path) -> None:
+    from mlpipeline.stages.deploy import RollbackError
+
+    error = RollbackError("ROLLBACK FAILED (...): the 'champion' alias may still point at version 7, which did NOT")
+    notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path), task_id="deploy_model"), "exception": error})
+    [message] = mail.messages()
+    assert "RollbackError: ROLLBACK FAILED" in message.get_body(("html",)).get_content()
+    assert "alias may still point at version 7" in message.get_body(("html",)).get_content()
 
 
 def test_without_an_exception_the_email_points_at_the_log(mail: MailCatcher, tmp_path: Path) -> None:
