@@ -45,7 +45,9 @@ bench-quick: $(STAMP) $(MLFLOW_STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # The production stack (docker-compose.yaml) as local processes against a given PostgreSQL and Redis:
-#   POSTGRES_HOST/PORT/USER/PASSWORD, AIRFLOW_DB_NAME, MLFLOW_DB_NAME (databases must exist), REDIS_HOST/PORT/DB.
+#   POSTGRES_HOST/PORT/USER/PASSWORD, AIRFLOW_DB_NAME, MLFLOW_DB_NAME (databases must exist), REDIS_HOST/PORT/DB and
+#   REDIS_PASSWORD (required, as in compose: the Redis must ask for it). The other secrets are generated once into
+#   .stack/secrets.json (MLflow's admin and service account, Airflow's admin, Flower, the serving token, ...).
 stack: $(STAMP) $(MLFLOW_STAMP)
 	$(BIN)/python -m mlpipeline.dev.stack up
 

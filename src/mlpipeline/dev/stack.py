@@ -161,7 +161,7 @@ def local_argv(spec: ServiceSpec) -> list[str]:
         )
     program, *args = spec.argv
     if program == "python":
-        program = sys.executable
+        program = str(bin_dir / "python") if venv else sys.executable
     elif (bin_dir / program).exists():
         program = str(bin_dir / program)
     else:
@@ -184,6 +184,11 @@ class Redis:
     host: str
     port: int
     db: int
+    password: str  # compose requires one (REDIS_PASSWORD); so does the process stack
+
+
+# The MLflow service account's login, checked the way compose's health check of the mlflow service does.
+MLFLOW_CURRENT_USER_PATH = "/api/2.0/mlflow/users/current"
 
 
 @dataclass
@@ -213,8 +218,22 @@ class ProcessStack:
                 "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
                 "FLOWER_USER": "flower",
                 "FLOWER_PASSWORD": secrets.token_urlsafe(12),
+                "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
+                "MLFLOW_ADMIN_USERNAME": "admin",
+                "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+                "MLFLOW_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
+                "MLFLOW_SERVICE_USERNAME": "ml-pipeline",
+                "MLFLOW_SERVICE_PASSWORD": secrets.token_urlsafe(16),
+                "MLPIPELINE_SERVING_TOKEN": secrets.token_urlsafe(32),
+                "MLPIPELINE_MODEL_SIGNING_KEY": secrets.token_hex(32),
             },
         )
+
+    @property
+    def mlflow_auth(self) -> tuple[str, str]:
+        """The MLflow service account (what the workers and the model server log in with)."""
+        secret = self._secrets()
+        return secret["MLFLOW_SERVICE_USERNAME"], secret["MLFLOW_SERVICE_PASSWORD"]
 
     def variables(self) -> dict[str, str]:
         """What compose would read from ``.env``: here, local hosts, ports and directories."""
@@ -231,6 +250,7 @@ class ProcessStack:
             "REDIS_HOST": self.redis.host,
             "REDIS_PORT": str(self.redis.port),
             "REDIS_DB": str(self.redis.db),
+            "REDIS_PASSWORD": self.redis.password,
             "AIRFLOW_API_HOST": local,
             "MLFLOW_HOST": local,
             "MODEL_SERVER_HOST": local,
@@ -244,6 +264,7 @@ class ProcessStack:
             "AIRFLOW_LOGS_DIR": str(self.root / "logs" / "airflow"),
             "ML_DATA_DIR": str(self.root / "data"),
             "MLFLOW_ARTIFACTS_DIR": str(self.root / "mlflow-artifacts"),
+            "MLFLOW_AUTH_DIR": str(self.root / "mlflow-auth"),
             "MLFLOW_ALLOWED_HOSTS": f"{local},{local}:{self.ports['MLFLOW_PORT']}",
             "MAIL_DIR": str(self.root / "mail"),
             "ML_PIPELINE_HOME": str(REPO_ROOT),
@@ -257,7 +278,9 @@ class ProcessStack:
         return resolve_services(load_compose(), self.variables())
 
     def _process_env(self, spec: ServiceSpec) -> dict[str, str]:
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "ML_PIPELINE"))}
+        # Only what compose gives a service: nothing of this kind leaks in from the caller's environment.
+        prefixes = ("AIRFLOW", "MLFLOW", "ML_PIPELINE", "MLPIPELINE", "REDIS")
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         bin_dir = str(Path(sys.executable).parent)
         return {**inherited, "PATH": f"{bin_dir}{os.pathsep}{inherited.get('PATH', '')}", **spec.environment}
 
@@ -309,8 +332,8 @@ class ProcessStack:
             process = ManagedProcess(name, local_argv(spec), self._process_env(spec), self._logs() / f"{name}.log")
             self.processes[name] = process.start()
             started.append((process, spec.health_url))
-            if name == "mlflow" and spec.health_url:
-                process.wait_until(lambda url=spec.health_url: self._healthy(url), timeout, "health check")
+            if name == "mlflow":
+                process.wait_until(self._mlflow_ready, timeout, "service account login")
         for process, url in started:
             if url:
                 process.wait_until(lambda url=url: self._healthy(url), timeout, "health check")
@@ -319,6 +342,10 @@ class ProcessStack:
         # Health URLs say localhost (inside the container); here the service listens on 127.0.0.1.
         response = httpx.get(url.replace("localhost", "127.0.0.1"), timeout=3)
         return response.status_code < 500 or response.status_code == 503
+
+    def _mlflow_ready(self) -> bool:
+        response = httpx.get(f"{self.mlflow_url}{MLFLOW_CURRENT_USER_PATH}", auth=self.mlflow_auth, timeout=5)
+        return response.status_code == 200
 
     def down(self) -> None:
         for process in reversed(list(self.processes.values())):
@@ -376,6 +403,8 @@ def stack_from_environment(root: Path, env: Mapping[str, str]) -> ProcessStack:
             host=env.get("REDIS_HOST", "127.0.0.1"),
             port=int(env.get("REDIS_PORT", "6379")),
             db=int(env.get("REDIS_DB", "0")),
+            # Empty: compose's ${REDIS_PASSWORD:?} refuses to start, naming it.
+            password=env.get("REDIS_PASSWORD", ""),
         ),
         ports={name: int(env.get(name, default)) for name, default in SERVICE_PORTS.items()},
     )
