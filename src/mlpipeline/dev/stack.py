@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import httpx
 import yaml
 
 from mlpipeline.dev.localstack import REPO_ROOT, ManagedProcess, StackError, free_port, new_fernet_key, stored_secrets
+from mlpipeline.dev.supervisor import RESTARTING_POLICIES, RestartPolicy, Supervisor
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 # Given to the stack (the machine's own servers, or managed ones), not started by it.
@@ -116,6 +117,7 @@ class ServiceSpec:
     argv: list[str]
     environment: dict[str, str]
     health_url: str | None
+    restart: str = "no"  # compose's restart policy
 
 
 def _as_list(value: Any) -> list[str]:
@@ -147,6 +149,7 @@ def resolve_services(compose: dict[str, Any], env: Mapping[str, str]) -> dict[st
             argv=_as_list(service.get("entrypoint")) + _as_list(service.get("command")),
             environment=environment,
             health_url=_health_url(service),
+            restart=str(service.get("restart", "no")),
         )
     return specs
 
@@ -201,6 +204,8 @@ class ProcessStack:
     ports: dict[str, int] = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    supervisor: Supervisor | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -337,6 +342,20 @@ class ProcessStack:
         for process, url in started:
             if url:
                 process.wait_until(lambda url=url: self._healthy(url), timeout, "health check")
+        restartable = frozenset(name for name in names if specs[name].restart in RESTARTING_POLICIES)
+        self.supervisor = Supervisor(self.processes, restartable, self.restart_policy).start()
+
+    @contextlib.contextmanager
+    def service_stopped(self, name: str) -> Iterator[None]:
+        """``docker compose stop NAME``, then ``start NAME`` on leaving: not restarted meanwhile."""
+        process = self.processes[name]
+        assert self.supervisor is not None, "up() first"
+        with self.supervisor.held(name):
+            process.stop(timeout=30)
+            try:
+                yield
+            finally:
+                process.start()
 
     def _healthy(self, url: str) -> bool:
         # Health URLs say localhost (inside the container); here the service listens on 127.0.0.1.
@@ -348,6 +367,9 @@ class ProcessStack:
         return response.status_code == 200
 
     def down(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # before stopping anything: a stopped service is not a crashed one
+            self.supervisor = None
         for process in reversed(list(self.processes.values())):
             process.stop(timeout=30)
         self.processes.clear()
@@ -411,9 +433,11 @@ def stack_from_environment(root: Path, env: Mapping[str, str]) -> ProcessStack:
 
 
 def _supervise(stack: ProcessStack, stop: threading.Event) -> None:
-    """Wait until ``stop`` is set; StackError as soon as a service exits on its own."""
+    """Wait until ``stop`` is set; StackError as soon as a service compose would not restart exits on its own
+    (the supervisor restarts the others, logging each crash)."""
+    restartable = stack.supervisor.restartable if stack.supervisor else frozenset()
     while not stop.wait(2):
-        dead = [name for name, process in stack.processes.items() if not process.alive()]
+        dead = [name for name, process in stack.processes.items() if not process.alive() and name not in restartable]
         if dead:
             raise StackError(f"service(s) exited: {dead}; logs in {stack.root / 'logs'}")
 
