@@ -49,6 +49,8 @@ POLL_SECONDS = 2.0  # our server's alias polling period in this benchmark (produ
 ONE_ROW_BODIES = 64  # distinct held-out rows cycled through by the single-row requests
 BATCH_SIZES = (100, 1000)
 HEADERS = {"Content-Type": "application/json"}
+# Our server refuses POST /reload without this bearer token (as deploy sends it); a throw-away one per benchmark run.
+SERVING_TOKEN = os.environ.setdefault("MLPIPELINE_SERVING_TOKEN", secrets.token_urlsafe(32))
 VENV_BIN = Path(PYTHON).parent
 _VERSION_IN_BODY = re.compile(rb'"model_version":"([^"]*)"')
 
@@ -458,7 +460,9 @@ class Server:
     def post(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
         connection = _connect(self.host, self.port)
         try:
-            return _post(connection, path, body)
+            connection.request("POST", path, body, {**HEADERS, "Authorization": f"Bearer {SERVING_TOKEN}"})
+            response = connection.getresponse()
+            return response.status, response.read()
         finally:
             connection.close()
 

@@ -40,6 +40,8 @@ NOOP_DAG = "bench_noop_chain"
 CRITICAL_PATH = [
     "start",
     "crawl_data",
+    "check_data",
+    "data_changed",
     "etl",
     "train_model",
     "validate_model",
@@ -210,7 +212,16 @@ def run_plain(stack: ProcessStack, conf: dict[str, Any], run: str) -> dict[str, 
     return run_json(
         [PYTHON, str(REPO_ROOT / "bench" / "plain_pipeline.py"), json.dumps(overrides), run, "127.0.0.1",
          str(stack.ports["SMTP_PORT"])],
-        env={"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": stack.mlflow_url},
+        env={
+            "OMP_NUM_THREADS": "1",
+            "MLFLOW_TRACKING_URI": stack.mlflow_url,
+            # What the workers get from .env: the MLflow service account and the model signing key.
+            "MLFLOW_TRACKING_USERNAME": stack.mlflow_auth[0],
+            "MLFLOW_TRACKING_PASSWORD": stack.mlflow_auth[1],
+            "MLPIPELINE_MODEL_SIGNING_KEY": stack.variables()["MLPIPELINE_MODEL_SIGNING_KEY"],
+            "MLPIPELINE_SERVING_TOKEN": stack.variables()["MLPIPELINE_SERVING_TOKEN"],
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        },
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from airflow.sdk import chain, dag, task
 
 # As long as ml_pipeline's critical path (bench_stack.CRITICAL_PATH), so the two chains compare hop for hop.
-CHAIN_LENGTH = int(os.environ.get("BENCH_NOOP_CHAIN_LENGTH", "9"))
+CHAIN_LENGTH = int(os.environ.get("BENCH_NOOP_CHAIN_LENGTH", "11"))
 
 
 @dag(dag_id="bench_noop_chain", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, tags=["bench"])

@@ -34,7 +34,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
 from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
-from mlpipeline.registry import ensure_experiment, log_sklearn_model, use_tracking
+from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
 
 RECORD_FILE = "train.json"
@@ -265,7 +265,14 @@ def _fit(config: PipelineConfig, candidate: Candidate, split: _Split) -> Pipelin
     pipeline = build_pipeline(
         config.dataset_schema, candidate.ml_model_type, candidate.hyperparameters, config.random_state
     )
-    return pipeline.fit(split.x_train, split.y_train)
+    pipeline.fit(split.x_train, split.y_train)
+    estimator = pipeline[-1]
+    if "n_jobs" in estimator.get_params():
+        # Fit on every core, but predict on one: a forest's threads add up tree probabilities in whatever order
+        # they finish, so parallel predictions differ in the last bits from call to call. Scores on the same
+        # holdout (the champion gate, the smoke test, the serving fast path's bit-for-bit check) must not.
+        estimator.set_params(n_jobs=1)
+    return pipeline
 
 
 def _scalar(metrics: dict[str, Any]) -> dict[str, float]:
@@ -292,8 +299,12 @@ def _log_to_mlflow(
     run's tags, with the model's signed digest)."""
     client = use_tracking(config)
     experiment_id = ensure_experiment(client, config.mlflow_experiment, config.mlflow_artifact_location)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}") as mlflow_run:
-        mlflow.set_tags(tags)
+    # An earlier attempt of this same training that was killed left its MLflow run RUNNING: end it as FAILED.
+    end_orphan_runs(client, experiment_id, {"pipeline_run": run, "candidate": str(candidate.name)})
+    # Tags at creation, so even a run killed right after it started can be matched as an orphan by the retry.
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}", tags=tags
+    ) as mlflow_run:
         mlflow.log_params(
             {
                 "model_type": candidate.ml_model_type,

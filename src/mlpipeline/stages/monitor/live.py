@@ -35,6 +35,7 @@ class LiveChecks:
     batch: dict[str, Any] = field(default_factory=dict)  # latency_ms, rows, disagreements, ok: as far as it got
     problems: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth saying, not worth an alert (e.g. a newer champion)
     seconds: float = 0.0
 
     def fail(self, message: str) -> None:

@@ -98,6 +98,7 @@ class MonitorReport:
             "max_psi": finite_or_none(self.max_psi),
             "report_path": self.report_path,
             "alerts": list(self.alerts),
+            "notes": list(self.live.notes),
             "mlflow_run_id": self.mlflow_run_id,
         }
 
@@ -116,6 +117,7 @@ class MonitorReport:
             "drift": self.drift.to_dict(),
             "problems": self.live.problems,
             "alerts": list(self.alerts),
+            "notes": list(self.live.notes),
             "mlflow": {
                 "tracking_uri": self.mlflow.tracking_uri,
                 "run_id": self.mlflow.run_id,
