@@ -181,11 +181,12 @@ def train_model(record: Record, candidate: dict[str, Any]) -> Record:
     """Fit one candidate model and evaluate it on a held-out split, logged to MLflow. One mapped instance per
     candidate, labelled with its name: they run in parallel across training workers (`training` pool permitting)."""
     from mlpipeline.config import Candidate
+    from mlpipeline.integrity import IntegrityError
     from mlpipeline.stages.train import TrainError, train
 
     context = get_current_context()
     context["candidate_name"] = candidate["name"]  # type: ignore[typeddict-unknown-key]  # labels the map index
-    with fail_fast_on(TrainError, ConfigError):
+    with fail_fast_on(TrainError, ConfigError, IntegrityError):  # IntegrityError: no signing key configured
         result = train(
             read_config(record["config_path"]),
             run=record["run"],
