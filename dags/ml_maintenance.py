@@ -13,7 +13,7 @@ from airflow.sdk import Param, Variable, dag, get_current_context, task
 
 from mlpipeline.config import ConfigError, PipelineConfig, load_config
 from mlpipeline.storage import DataLayout, atomic_write_json
-from mlpipeline_airflow.callbacks import notify_failure
+from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def apply_retention() -> dict[str, Any]:
     catchup=False,
     max_active_runs=1,
     default_args=default_args,
+    on_failure_callback=notify_run_failure,  # a failed run whose task failures were not emailed
     params={"dry_run": Param(False, type="boolean", description="Report what would be deleted; delete nothing.")},
     tags=["ml", "maintenance"],
     doc_md=DOC,

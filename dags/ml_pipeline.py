@@ -16,7 +16,7 @@ from airflow.sdk import Label, TriggerRule, Variable, dag, get_current_context, 
 from mlpipeline.config import ConfigError, load_config, read_config
 from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, atomic_write_json
-from mlpipeline_airflow.callbacks import notify_failure
+from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.notifications import send_email
 from mlpipeline_airflow.runs import current_run_key
@@ -301,6 +301,7 @@ def retrain_alert(record: Record) -> str:
     catchup=False,
     max_active_runs=MAX_ACTIVE_RUNS,
     default_args=default_args,
+    on_failure_callback=notify_run_failure,  # a failed run whose task failures were not emailed
     tags=["ml", "training", "deployment"],
     doc_md=DOC,
 )

@@ -189,7 +189,7 @@ DEPLOYED_AT_TAG = "deployed_at"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 
 
-def _filter_value(value: str) -> str:
+def filter_literal(value: str) -> str:
     """A string literal for an MLflow search filter (which has no escape for a quote inside a literal)."""
     if "'" not in value:
         return f"'{value}'"
@@ -211,7 +211,7 @@ def end_orphan_runs(client: MlflowClient, experiment_id: str, match_tags: dict[s
     for key, value in match_tags.items():
         if "`" in key:
             raise ValueError(f"tag key {key[:100]!r} contains a backtick")
-        clauses.append(f"tags.`{key}` = {_filter_value(str(value))}")
+        clauses.append(f"tags.`{key}` = {filter_literal(str(value))}")
     ended = []
     for run in client.search_runs([experiment_id], filter_string=" and ".join(clauses), max_results=1000):
         client.set_tag(run.info.run_id, ORPHANED_TAG, "true")
@@ -253,7 +253,7 @@ def all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
     page_token = None
     while True:
         page = client.search_model_versions(
-            f"name = {_filter_value(model_name)}", max_results=1000, page_token=page_token
+            f"name = {filter_literal(model_name)}", max_results=1000, page_token=page_token
         )
         versions.extend(page)
         page_token = page.token
@@ -342,7 +342,7 @@ def find_same_model(client: MlflowClient, model_name: str, data_sha256: str, fin
     """Registered versions of the model trained on ``data_sha256`` with ``fingerprint`` (see model_fingerprint)."""
     return list(
         client.search_model_versions(
-            f"name = {_filter_value(model_name)} and tags.{DATA_SHA256_TAG} = {_filter_value(data_sha256)}"
-            f" and tags.{MODEL_FINGERPRINT_TAG} = {_filter_value(fingerprint)}"
+            f"name = {filter_literal(model_name)} and tags.{DATA_SHA256_TAG} = {filter_literal(data_sha256)}"
+            f" and tags.{MODEL_FINGERPRINT_TAG} = {filter_literal(fingerprint)}"
         )
     )

@@ -12,19 +12,26 @@ Airflow 3.1 calls ``on_failure_callback`` from two places (``airflow.sdk.executi
   executor reports the try failed).
 
 So: no email when a retry follows (the task may well succeed), and one email per failed try.
+
+The scheduler can also fail a task without a retry, e.g. one stuck in ``queued`` too often (no worker serves its
+queue), and report it like a heartbeat timeout: the task callback cannot tell it from a try that will be retried.
+``notify_run_failure``, the DAGs' own ``on_failure_callback``, catches that: when the run fails and none of its
+task failures was emailed, it emails the run's failure with the scheduler's reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Variable
 
 from mlpipeline.config import ConfigError, PipelineConfig, build_config, read_config
 from mlpipeline.stages import notify
-from mlpipeline.storage import DataLayout
+from mlpipeline.storage import DataLayout, run_key
 from mlpipeline_airflow.notifications import send_email
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,8 @@ def notify_failure(context: dict[str, Any]) -> None:
         log.info("try %s of %s failed and will be retried: no email", ti.try_number, ti.max_tries + 1)
         return
     record = ti.xcom_pull(task_ids=CONFIG_TASK_ID)
-    if not _first_report(ti, record):
+    marker = _claim(_alerts_dir(record, ti.run_id), f"{ti.task_id}.{getattr(ti, 'map_index', -1)}.{ti.try_number}")
+    if marker is False:
         log.info("this failure was emailed already")
         return
     error = context.get("exception")
@@ -56,10 +64,30 @@ def notify_failure(context: dict[str, Any]) -> None:
         error=f"{type(error).__name__}: {error}" if error else "unknown error (see the task log)",
         log_url=getattr(ti, "log_url", None),
     )
-    try:
-        send_email(_recipients(record), email)
-    except Exception:
-        log.exception("could not send the failure email")
+    _send_or_release(_recipients(record), email, marker)
+
+
+def notify_run_failure(context: dict[str, Any]) -> None:
+    """The DAG's ``on_failure_callback``: email a failed run whose task failures were not emailed (see the module's
+    doc). Never raises."""
+    dag_run = context.get("dag_run")
+    run_id = context.get("run_id") or getattr(dag_run, "run_id", None)
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None) or "?"
+    if not run_id:
+        log.warning("a run failed, but the callback was not told which")
+        return
+    alerts = _alerts_dir(None, run_id)
+    if alerts is not None and alerts.is_dir() and any(alerts.iterdir()):
+        return  # a task's final failure was emailed already
+    marker = _claim(alerts, "run")
+    if marker is False:
+        return
+    reason = context.get("reason") or "see the run's task logs"
+    email = notify.failure_email(
+        dag_id=dag_id, task_id="(run)", dag_run=run_id, try_number=None, error=str(reason), log_url=None
+    )
+    _send_or_release(_recipients(None), email, marker)
 
 
 def will_be_retried(context: dict[str, Any]) -> bool:
@@ -72,22 +100,45 @@ def will_be_retried(context: dict[str, Any]) -> bool:
     return try_number is not None and max_tries is not None and try_number <= max_tries
 
 
-def _first_report(ti: Any, record: dict[str, Any] | None) -> bool:
-    """True the first time this try's failure is reported. Claims a marker under the run's records (shared by all
-    workers and the DAG processor); where there is none yet (start failed) or it cannot be written, every report
-    counts: an email too many beats none."""
-    if not record:
-        return True
+def _alerts_dir(record: dict[str, Any] | None, run_id: str) -> Path | None:
+    """``runs/<run>/alerts/`` of the run's frozen config, or of the Variables' data_dir before start froze one."""
     try:
-        alerts = DataLayout.of(read_config(record["config_path"]).data_dir).run_records(record["run"]) / ALERTS_DIR
+        if record:
+            return DataLayout.of(read_config(record["config_path"]).data_dir).run_records(record["run"]) / ALERTS_DIR
+        if Variable.get("data_dir", default=None) is None:
+            return None  # no marker in whatever directory the process happens to run in
+        data_dir = _variables_config(("data_dir",)).data_dir
+        return DataLayout.of(data_dir).run_records(run_key(run_id)) / ALERTS_DIR
+    except (OSError, ConfigError, KeyError, ValueError):
+        return None
+
+
+def _claim(alerts: Path | None, name: str) -> Path | bool | None:
+    """Claim the marker ``alerts/name`` (shared by all workers and the DAG processor): its path the first time,
+    False if it was claimed already, None where it cannot be written (then every report counts: an email too many
+    beats none)."""
+    if alerts is None:
+        return None
+    try:
         alerts.mkdir(parents=True, exist_ok=True)
-        marker = alerts / f"{ti.task_id}.{getattr(ti, 'map_index', -1)}.{ti.try_number}"
+        marker = alerts / name
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False
-    except (OSError, ConfigError, KeyError):
+    except OSError:
         log.warning("cannot record that this failure was emailed; emailing anyway", exc_info=True)
-    return True
+        return None
+    return marker
+
+
+def _send_or_release(config: PipelineConfig, email: notify.Email, marker: Path | bool | None) -> None:
+    try:
+        send_email(config, email)
+    except Exception:
+        log.exception("could not send the failure email")
+        if isinstance(marker, Path):  # not sent: let the next report of this failure try again
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
 
 def failure_recipients(context: dict[str, Any]) -> PipelineConfig:
@@ -101,8 +152,13 @@ def _recipients(record: dict[str, Any] | None) -> PipelineConfig:
             return read_config(record["config_path"])
         except (OSError, ConfigError):
             pass
+    return _variables_config(RECIPIENT_SETTINGS)
+
+
+def _variables_config(names: tuple[str, ...]) -> PipelineConfig:
+    """The defaults with those of ``names`` whose Variables hold valid values."""
     overrides = {}
-    for name in RECIPIENT_SETTINGS:
+    for name in names:
         value = Variable.get(name, default=None)
         if value is None:
             continue

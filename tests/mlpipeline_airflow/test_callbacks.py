@@ -11,7 +11,7 @@ import pytest
 from mlpipeline.config import ConfigError, build_config
 from mlpipeline.dev.mailcatcher import MailCatcher
 from mlpipeline.storage import atomic_write_json
-from mlpipeline_airflow.callbacks import failure_recipients, notify_failure, will_be_retried
+from mlpipeline_airflow.callbacks import failure_recipients, notify_failure, notify_run_failure, will_be_retried
 
 
 @dataclass
@@ -137,3 +137,52 @@ def test_never_raises_when_the_mail_server_is_down(tmp_path: Path, caplog: pytes
         notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path)), "exception": RuntimeError("boom")})
     assert "could not send the failure email" in caplog.text
     assert any(record.exc_info and isinstance(record.exc_info[1], OSError) for record in caplog.records)
+
+
+def _run_failure_context(run_id: str) -> dict[str, Any]:
+    @dataclass
+    class Dag:
+        dag_id: str = "ml_pipeline"
+
+    return {"dag": Dag(), "run_id": run_id, "reason": "task_failure"}
+
+
+def test_a_failed_run_whose_task_failures_were_not_emailed_is_emailed(
+    mail: MailCatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # E.g. a task the scheduler failed after it sat in queued too long: reported like a try that will be retried.
+    monkeypatch.setenv("AIRFLOW_VAR_DATA_DIR", str(tmp_path / "data"))
+    stuck = FakeTaskInstance(_frozen_config(tmp_path), try_number=1)
+    notify_failure({"ti": stuck})
+    assert mail.messages() == []
+    notify_run_failure(_run_failure_context("run1"))
+    [message] = mail.messages()
+    assert message["Subject"] == "[ml_pipeline] FAILED: ml_pipeline.(run) in run run1"
+    assert "task_failure" in message.get_body(("html",)).get_content()
+    notify_run_failure(_run_failure_context("run1"))  # reported again: still one email
+    assert len(mail.messages()) == 1
+
+
+def test_a_failed_run_whose_task_failure_was_emailed_is_not_emailed_again(
+    mail: MailCatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_DATA_DIR", str(tmp_path / "data"))
+    notify_failure({"ti": FakeTaskInstance(_frozen_config(tmp_path)), "exception": RuntimeError("boom")})
+    notify_run_failure(_run_failure_context("run1"))
+    [message] = mail.messages()
+    assert "ml_pipeline.etl" in message["Subject"]
+
+
+def test_an_email_that_could_not_be_sent_is_tried_again_on_the_next_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlpipeline.dev.localstack import free_port
+    from tests.mlpipeline_airflow.conftest import _point_smtp_default_at
+
+    record = _frozen_config(tmp_path)
+    _point_smtp_default_at(monkeypatch, free_port())  # down
+    notify_failure({"ti": FakeTaskInstance(record)})
+    with MailCatcher(tmp_path / "mail", port=free_port()) as catcher:
+        _point_smtp_default_at(monkeypatch, catcher.port)
+        notify_failure({"ti": FakeTaskInstance(record)})  # the DAG processor's second report of the same try
+        assert len(catcher.messages()) == 1

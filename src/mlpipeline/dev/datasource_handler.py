@@ -112,6 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, head: bool) -> None:
         self._head = head
         self._status = 0
+        self._recorded = False
         source = self.server.source
         split = urlsplit(self.path)
         path = split.path
@@ -152,11 +153,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
             self.close_connection = True
         finally:
-            headers = {k: v for k, v in self.headers.items() if k.lower().startswith("if-")}
-            source.record(ServedRequest(self.command, self.path, self._status, headers))
+            self._record(self._status)
+
+    def _record(self, status: int) -> None:
+        """Record the request once, before its answer goes out: a client that has its answer must find it in
+        :attr:`DataSourceServer.requests` (recording after the write raced the tests that count requests)."""
+        if self._recorded:
+            return
+        self._recorded = True
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith("if-")}
+        self.server.source.record(ServedRequest(self.command, self.path, status, headers))
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self._status = status
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for name, value in (headers or {}).items():
@@ -207,6 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
                 matched = False  # unparseable dates are ignored, as the RFC says
         if matched:
             self._status = 304
+            self._record(304)
             self.send_response(304)
             for name, value in self._validators(etag).items():
                 self.send_header(name, value)

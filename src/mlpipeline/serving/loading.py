@@ -195,12 +195,11 @@ def _training_run(client: Any, model_version: Any, what: str) -> tuple[dict[str,
     return metrics, {**run.data.tags, **tags}
 
 
-def _positive_index(classes: tuple[Any, ...], tags: dict[str, str]) -> int:
-    """An explicit positive_label tag if the trainer set one, else sklearn's convention: the last of the sorted
-    classes (1 / True)."""
-    wanted = tags.get("positive_label")
-    matches = [i for i, c in enumerate(classes) if str(plain(c)) == wanted] if wanted is not None else []
-    return matches[0] if matches else len(classes) - 1
+def _positive_index(classes: tuple[Any, ...]) -> int:
+    """scikit-learn's convention, which the ETL's 0/1 target follows: the last of the sorted classes (1 / True).
+    Never a registry tag: tags are not covered by the model's signature, so anyone who can write to MLflow could
+    otherwise flip which probability is served."""
+    return len(classes) - 1
 
 
 def _example_rows(example: Any) -> list[dict[str, Any]] | None:
@@ -242,7 +241,7 @@ def load_model_version(client: Any, tracking_uri: str, name: str, version: str, 
         model=model,
         schema=schema,
         classes=classes,
-        positive_index=_positive_index(classes, tags),
+        positive_index=_positive_index(classes),
         metrics=metrics,
         trained_at=tags.get("trained_at"),
         data_fingerprint=tags.get("data_sha256"),

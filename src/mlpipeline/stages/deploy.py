@@ -23,6 +23,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
+from mlpipeline.integrity import IntegrityError
 from mlpipeline.payload import json_rows
 from mlpipeline.registry import (
     CODE_VERSION_TAG,
@@ -35,6 +36,7 @@ from mlpipeline.registry import (
     TRAINING_FINGERPRINT_TAG,
     champion_version,
     code_version,
+    filter_literal,
     find_same_model,
     load_sklearn_model,
     model_fingerprint,
@@ -96,7 +98,7 @@ def _register(client: MlflowClient, config: PipelineConfig, candidate: TrainResu
     a run that trained the very same model (same data, code and parameters) again."""
     fingerprint = model_fingerprint(config, candidate.candidate)
     existing = client.search_model_versions(
-        f"name = '{config.registered_model_name}' and run_id = '{candidate.mlflow_run_id}'"
+        f"name = {filter_literal(config.registered_model_name)} and run_id = {filter_literal(candidate.mlflow_run_id)}"
     ) or find_same_model(client, config.registered_model_name, candidate.data_sha256, fingerprint)
     if existing:
         return str(max(int(v.version) for v in existing))
@@ -182,6 +184,10 @@ def _wait_for_version(http: httpx.Client, version: str, timeout: float) -> None:
             if response.status_code == 200 and str(response.json().get("version")) == version:
                 return
             last = f"HTTP {response.status_code}: {response.text[:300]}"
+            if response.status_code in (401, 403) or "IntegrityError" in response.text:
+                # A token or signing key that differs between the workers and the server: waiting or retrying
+                # cannot fix it.
+                raise DeployError(f"the endpoint refused version {version}: {last}", retryable=False)
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.5)
@@ -235,7 +241,11 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
 
     # The offline model the endpoint must agree with, verified and loaded before the alias moves: a refused model
     # (IntegrityError: unsafe format, tampered files) fails the deploy at once, with nothing changed.
-    offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
+    try:
+        offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
+    except IntegrityError as exc:
+        _tag(client, config, version, {DEPLOY_STATUS_TAG: "rejected", DEPLOY_NOTE_TAG: f"refused: {exc}"[:500]})
+        raise
     _move_alias(client, config, version, previous_version)
     try:
         with httpx.Client(

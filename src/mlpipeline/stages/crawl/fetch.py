@@ -145,8 +145,12 @@ class Fetcher:
             raise CrawlError(f"{url} returned an HTML page, not a JSON API page; check crawl_url")
         try:
             return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CrawlError(f"{url}: the response is not valid JSON ({exc}); check crawl_url / crawl_format") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser can go; a retry would only get the same page.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise CrawlError(
+                f"{url}: the response is not valid JSON ({reason}); check crawl_url / crawl_format"
+            ) from None
 
     def _read_page(self, url: str) -> Any:
         def consume(response: httpx.Response) -> Any:

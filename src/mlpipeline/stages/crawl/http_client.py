@@ -80,12 +80,26 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _client_error(url: str, response: httpx.Response) -> CrawlError:
     """A 4xx that retrying will not fix (except 408 and 410, which another run may get past)."""
     status = response.status_code
-    snippet = response.read()[:300].decode("utf-8", "replace").strip()
+    snippet = _head(response, 300).decode("utf-8", "replace").strip()
     hint = _HINTS.get(status, "check crawl_url and the source")
     return CrawlError(
         f"GET {url} answered {_describe_status(response)}: {hint}" + (f" (body: {snippet!r})" if snippet else ""),
         retryable=status in (408, 410),
     )
+
+
+def _head(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of an error body, never the whole of it: a huge or trickling 4xx body must not
+    hold the crawl past its budget or deadline."""
+    head = b""
+    try:
+        for chunk in response.iter_bytes():
+            head += chunk
+            if len(head) >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    return head[:limit]
 
 
 class _Transient(Exception):
