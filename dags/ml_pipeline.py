@@ -72,8 +72,9 @@ Each task calls one function of the `mlpipeline` library; data moves as files un
 (`raw/<run>/`, `processed/<run>/`, `models/<run>/`, `runs/<run>/`), XCom carries only paths and small records.
 
 **Configuration**: one Airflow Variable per setting (`crawl_url`, `ml_model_type`, `candidates`, `accuracy_threshold`,
-`test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf` overrides any of
-them for one run, e.g. `{"accuracy_threshold": 0.9}`. `start` validates and freezes the config of the run.
+`test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf` may change, for one
+run, how a model is trained and judged (e.g. `{"accuracy_threshold": 0.9}`), never infrastructure (sources, paths,
+URLs, registry names, recipients). `start` validates and freezes the config of the run.
 Every task retries at least twice; a failure is emailed (connection `smtp_default`) once, when no retry is left.
 """
 
