@@ -50,46 +50,18 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     layout = DataLayout.of(stack.data_dir or "data")
     run = run_key(run_id)
     records = layout.run_records(run)
-    decision = read_json(records / "validate.json")
-    train = read_json(layout.models(run) / decision["candidate"] / "train.json")
     manifest = read_json(layout.raw(run) / "manifest.json")
-    etl = read_json(layout.processed(run) / "etl.json")
-    branch = "deploy_model" if states.get("deploy_model") == "success" else "retrain_alert"
+    branch = next((t for t in BRANCHES if states.get(t) == "success"), "?")
     print()
     print("=" * 78)
     print(f"ml_pipeline run {run_id}")
     print(f"  branch taken      : {branch}")
-    print(f"  decision          : {'DEPLOY' if decision['deploy'] else 'KEEP CHAMPION'}")
-    for reason in decision["reasons"]:
-        print(f"                      - {reason}")
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(train["metrics"].items()))
-    print(f"  candidate {train['candidate']}: {metrics}")
-    print(f"  threshold         : {decision['metric']} >= {decision['threshold']}")
+    holdout = _trained_summary(layout, run) if (records / "validate.json").exists() else _unchanged_summary(records)
     print(
         f"  raw snapshot      : {layout.raw(run)}  ({manifest['rows']} rows, sha256 {manifest['sha256'][:12]}…,"
         f" unchanged={manifest.get('unchanged')})"
     )
-    print(
-        f"  processed data    : {etl['data_path']}  ({etl['rows_out']} rows, {etl['rows_quarantined']} quarantined"
-        f" -> {etl['quarantine_path']})"
-    )
-    print(f"  model             : {train['model_uri']} (MLflow run {train['mlflow_run_id']}, {stack.mlflow_uri})")
-
-    model = httpx.get(f"{stack.serving_url}/model", timeout=10)
-    if model.status_code == 200:
-        body = model.json()
-        print(f"  serving           : {body['name']} v{body['version']} at {stack.serving_url}")
-        features = read_config(str(records / "config.json")).dataset_schema.feature_names
-        row = json_rows(pd.read_parquet(train["holdout_path"], columns=features).head(1))
-        answer = httpx.post(f"{stack.serving_url}/predict", json={"rows": row}, timeout=10).json()
-        print(f"  one prediction    : POST /predict {json.dumps(row[0])[:90]}…")
-        print(
-            f"                      -> {answer.get('predictions')} p={answer.get('probabilities')}"
-            f" (model v{answer.get('model_version')})"
-        )
-    else:
-        print(f"  serving           : no champion yet (HTTP {model.status_code})")
-
+    _serving_summary(stack, records, holdout or _newest_holdout(layout))
     mails = read_mailbox(stack.mail_dir)[mail_before:]
     for message in mails:
         print(f"  email sent        : {message['subject']!r} to {message['to']}")
@@ -98,6 +70,61 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     print(f"  mailbox           : {stack.mail_dir}")
     print(f"  Airflow           : {stack.api_url} (admin / see {stack.root / 'secrets.json'}), logs {stack.logs}")
     print("=" * 78)
+
+
+# The tasks that end each branch of the DAG, in the order the summary looks for them.
+BRANCHES = ("deploy_model", "retrain_alert", "report_unchanged")
+
+
+def _trained_summary(layout: DataLayout, run: str) -> str:
+    """The decision, the candidate and the data of a run that trained; returns the candidate's holdout path."""
+    decision = read_json(layout.run_records(run) / "validate.json")
+    train = read_json(layout.models(run) / decision["candidate"] / "train.json")
+    etl = read_json(layout.processed(run) / "etl.json")
+    print(f"  decision          : {'DEPLOY' if decision['deploy'] else 'KEEP CHAMPION'}")
+    for reason in decision["reasons"]:
+        print(f"                      - {reason}")
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(train["metrics"].items()))
+    print(f"  candidate {train['candidate']}: {metrics}")
+    print(f"  threshold         : {decision['metric']} >= {decision['threshold']}")
+    print(
+        f"  processed data    : {etl['data_path']}  ({etl['rows_out']} rows, {etl['rows_quarantined']} quarantined"
+        f" -> {etl['quarantine_path']})"
+    )
+    print(f"  model             : {train['model_uri']} (MLflow run {train['mlflow_run_id']})")
+    return str(train["holdout_path"])
+
+
+def _unchanged_summary(records: Path) -> None:
+    check = read_json(records / "data_check.json")
+    print("  decision          : NOTHING TO DO (nothing trained, nothing registered)")
+    print(f"                      - {check['reason']}")
+    print("                      (change a training setting, e.g. DEMO_CONF='{\"random_state\": 7}', to train anew)")
+
+
+def _newest_holdout(layout: DataLayout) -> str | None:
+    """Held-out rows of the newest trained run: rows in the shape the served model takes."""
+    holdouts = sorted(layout.root.glob("models/*/*/holdout.parquet"), key=lambda path: path.stat().st_mtime)
+    return str(holdouts[-1]) if holdouts else None
+
+
+def _serving_summary(stack: LocalStack, records: Path, holdout: str | None) -> None:
+    model = httpx.get(f"{stack.serving_url}/model", timeout=10)
+    if model.status_code != 200:
+        print(f"  serving           : no champion yet (HTTP {model.status_code})")
+        return
+    body = model.json()
+    print(f"  serving           : {body['name']} v{body['version']} at {stack.serving_url}")
+    if holdout is None:
+        return
+    features = read_config(str(records / "config.json")).dataset_schema.feature_names
+    row = json_rows(pd.read_parquet(holdout, columns=features).head(1))
+    answer = httpx.post(f"{stack.serving_url}/predict", json={"rows": row}, timeout=10).json()
+    print(f"  one prediction    : POST /predict {json.dumps(row[0])[:90]}…")
+    print(
+        f"                      -> {answer.get('predictions')} p={answer.get('probabilities')}"
+        f" (model v{answer.get('model_version')})"
+    )
 
 
 def main() -> int:

@@ -14,9 +14,10 @@ from mlpipeline.dev.localstack import REPO_ROOT, Ports
 pytestmark = pytest.mark.airflow
 
 
-def _demo(tmp_path: Path, ports: Ports) -> subprocess.CompletedProcess[str]:
+def _demo(tmp_path: Path, ports: Ports, conf: str = "") -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        "DEMO_CONF": conf,
         "DEMO_DIR": str(tmp_path / "demo"),
         "DEMO_DATA_DIR": str(tmp_path / "data"),
         "DEMO_AIRFLOW_PORT": str(ports.airflow_api),
@@ -35,7 +36,7 @@ def _demo(tmp_path: Path, ports: Ports) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_end_to_end_twice_and_the_second_run_sees_the_champion(tmp_path: Path) -> None:
+def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(tmp_path: Path) -> None:
     ports = Ports.free()
     first = _demo(tmp_path, ports)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
@@ -50,6 +51,12 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_sees_the_champion(tmp_pat
 
     second = _demo(tmp_path, ports)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-    assert "champion v1" in second.stdout, "the second run is compared with the first run's champion"
-    assert "unchanged=True" in second.stdout, "the unchanged source is detected"
-    assert "stopping the processes this demo started" in second.stdout
+    out = second.stdout
+    assert "branch taken      : report_unchanged" in out, "the same data and settings train nothing"
+    assert "unchanged=True" in out, "the unchanged source is detected"
+    assert "serving           : churn_classifier v1" in out and "(model v1)" in out
+    assert "stopping the processes this demo started" in out
+
+    third = _demo(tmp_path, ports, conf='{"random_state": 7}')  # a run may change how a model is trained
+    assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
+    assert "champion v1" in third.stdout, "a run that trains is compared with the first run's champion"
