@@ -5,7 +5,6 @@ leaves behind. Thin on purpose: the policy is ``mlpipeline.stages.retention.appl
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,16 +14,13 @@ from mlpipeline.config import ConfigError, PipelineConfig, load_config
 from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
+from mlpipeline_airflow.settings import QUEUE_DEFAULT, schedule_from_env
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "ml_maintenance"
 PIPELINE_DAG_ID = "ml_pipeline"
-# Parsed with the DAG file, so it comes from the environment (cheap), not from a Variable (a call per parse).
-SCHEDULE = os.environ.get("ML_MAINTENANCE_SCHEDULE", "@daily") or None
-if SCHEDULE in ("none", "None", "null"):
-    SCHEDULE = None
-QUEUE_DEFAULT = os.environ.get("ML_PIPELINE_QUEUE_DEFAULT", "default")
+SCHEDULE = schedule_from_env("ML_MAINTENANCE_SCHEDULE")
 # The last application's full record (every deleted path): the XCom carries only a summary.
 RECORD_NAME = "retention.json"
 

@@ -20,22 +20,19 @@ from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.notifications import send_email
 from mlpipeline_airflow.runs import current_run_key
+from mlpipeline_airflow.settings import (
+    DEPLOY_POOL,
+    QUEUE_DEFAULT,
+    QUEUE_IO,
+    QUEUE_TRAINING,
+    TRAINING_POOL,
+    schedule_from_env,
+)
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "ml_pipeline"
-# Parsed with the DAG file, so it comes from the environment (cheap), not from a Variable (a call per parse).
-SCHEDULE = os.environ.get("ML_PIPELINE_SCHEDULE", "@daily") or None
-if SCHEDULE in ("none", "None", "null"):
-    SCHEDULE = None
-# Celery queues by kind of work, so workers can be sized (and scaled) per kind; LocalExecutor ignores them.
-QUEUE_DEFAULT = os.environ.get("ML_PIPELINE_QUEUE_DEFAULT", "default")
-QUEUE_IO = os.environ.get("ML_PIPELINE_QUEUE_IO", "io")
-QUEUE_TRAINING = os.environ.get("ML_PIPELINE_QUEUE_TRAINING", "training")
-# Caps concurrent training across all workers and runs; created by the init step (deploy/init.sh, the demo).
-TRAINING_POOL = os.environ.get("ML_PIPELINE_TRAINING_POOL", "training")
-# One slot: deploys never overlap, whatever runs are active (deploy itself also checks the alias before moving it).
-DEPLOY_POOL = os.environ.get("ML_PIPELINE_DEPLOY_POOL", "deploy")
+SCHEDULE = schedule_from_env("ML_PIPELINE_SCHEDULE")
 # One run at a time (compose and README say the same): a second run would mostly queue behind the first for the
 # training and deploy pools. Above 1 the champion is still safe (deploys are serialised and compare-and-set).
 MAX_ACTIVE_RUNS = int(os.environ.get("ML_PIPELINE_MAX_ACTIVE_RUNS", "1"))
