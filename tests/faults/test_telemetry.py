@@ -19,23 +19,11 @@ import pytest
 
 from mlpipeline.dev.localstack import LocalStack
 from mlpipeline.dev.stack import Postgres, ProcessStack, Redis, load_compose
+from tests.dev.test_compose import MLFLOW_USERS  # the services that run MLflow code: one list
 
 pytestmark = pytest.mark.faults
 NOTHING = {"client": False, "threads": [], "session_id_set": False}
 SWITCHES = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-# Services that import MLflow: every Airflow component (the DAG and its tasks), the model server, MLflow itself.
-MLFLOW_USERS = (
-    "airflow-init",
-    "airflow-apiserver",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "airflow-worker-training",
-    "flower",
-    "mlflow",
-    "model-server",
-)
 # MLflow also counts these as "do not track": the probe runs without them, as a production container would.
 CI_MARKERS = (
     *("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD"),
