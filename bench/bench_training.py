@@ -292,7 +292,7 @@ def _verdict(results: list[dict[str, Any]], breakdowns: dict[int, dict[str, Stat
     fix = (
         '- The numeric imputer now takes `np.median` per column instead of `strategy="median"` (`np.ma.median` '
         "sorts a masked copy of the whole matrix: ~0.15 s of ~0.28 s preprocessing at 100,000 rows); same medians, "
-        "tested in `tests/test_train.py`."
+        "tested in `tests/stages/test_train.py`."
     )
     if not missed:
         return fix + "\n- Every algorithm meets the target: the preprocessing is small next to the estimator's own fit."
