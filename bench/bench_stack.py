@@ -35,6 +35,7 @@ from tests.services import process_stack
 
 DAG = "ml_pipeline"
 NOOP_DAG = "bench_noop_chain"
+_SEEDS = itertools.count(1)
 # The deploy path's tasks that run on a worker, in order (``end`` is an EmptyOperator the scheduler completes
 # itself, and ``list_candidates`` runs beside ``crawl_data``, off this path).
 CRITICAL_PATH = [
@@ -77,10 +78,13 @@ def _dags_folder(root: Path) -> Path:
 
 
 @contextlib.contextmanager
-def celery_stack(root: Path, **variables: str) -> Iterator[tuple[ProcessStack, AirflowClient]]:
-    """The compose services as processes on this machine's PostgreSQL/Redis (or throwaway ones), fresh databases."""
-    overrides = {"AIRFLOW_DAGS_DIR": str(_dags_folder(root)), **variables}
+def celery_stack(root: Path, rows: int, **variables: str) -> Iterator[tuple[ProcessStack, AirflowClient]]:
+    """The compose services as processes on this machine's PostgreSQL/Redis (or throwaway ones), fresh databases,
+    crawling ``rows`` rows of the bundled source as Parquet (``crawl_url`` is an environment Variable in compose,
+    which a run may not change: one stack per data size)."""
+    overrides = {"AIRFLOW_DAGS_DIR": str(_dags_folder(root)), "BENCH_ROWS": str(rows), **variables}
     with process_stack(root, overrides) as stack, stack:
+        stack.overrides["CRAWL_URL"] = f"http://127.0.0.1:{stack.ports['DATASOURCE_PORT']}/data.parquet?rows={rows}"
         started = time.monotonic()
         stack.up()
         secrets = stack.variables()
@@ -104,7 +108,10 @@ def run_dag(client: AirflowClient, dag_id: str, conf: dict[str, Any], timeout: f
     for key, value in conf.items():
         if key not in RUN_OVERRIDABLE_FIELDS:
             client.set_variable(key, value if isinstance(value, str) else json.dumps(value))
-    run_id = client.trigger(dag_id, {k: v for k, v in conf.items() if k in RUN_OVERRIDABLE_FIELDS})
+    run_conf = {k: v for k, v in conf.items() if k in RUN_OVERRIDABLE_FIELDS}
+    if dag_id == DAG:
+        run_conf["random_state"] = next(_SEEDS)  # same data and settings as the champion would train nothing
+    run_id = client.trigger(dag_id, run_conf)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
@@ -191,9 +198,12 @@ def pid_of(stack: ProcessStack, service: str) -> int:
 
 
 def pipeline_conf(stack: ProcessStack, rows: int) -> dict[str, Any]:
-    """Per-run settings shared by the Airflow run and the baseline: the same source, always the deploy path."""
+    """Per-run settings shared by the Airflow run and the baseline: the stack's source (``crawl_url`` is the
+    stack's, see ``celery_stack``: an environment Variable wins over one set through the API), always the deploy
+    path. ``run_dag`` adds a fresh seed to every pipeline run so none stops early as 'unchanged'."""
+    if stack.overrides.get("BENCH_ROWS") != str(rows):
+        raise ValueError(f"this stack crawls {stack.overrides.get('BENCH_ROWS')} rows, not {rows}")
     return {
-        "crawl_url": f"http://127.0.0.1:{stack.ports['DATASOURCE_PORT']}/data.parquet?rows={rows}",
         "crawl_format": "parquet",
         "accuracy_threshold": 0,
         "champion_tolerance": 1.0,  # every run deploys, so both contenders do the same work every time
@@ -523,17 +533,22 @@ def run(quick: bool) -> list[Section]:
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         root = Path(tmp)
         shipped = {"TRAINING_WORKER_CONCURRENCY": "1", "TRAINING_POOL_SLOTS": "2"}
-        with celery_stack(root / "shipped", **shipped) as (stack, client):
-            run_dag(client, NOOP_DAG, {})  # warm-up: first runs pay one-off costs (DAG bundle, imports)
-            floor = measure_floor(client, 3 if quick else 5)
-            by_size = measure_orchestration(stack, client, sizes, repeats)
-            idle = measure_idle_cpu(stack, 15 if quick else 30)
-            rss = worker_rss_mib(stack)
+        by_size: dict[int, dict[str, Any]] = {}
+        for rows in sizes:  # one stack per data size: the source is the stack's setting
+            with celery_stack(root / f"shipped-{rows}", rows, **shipped) as (stack, client):
+                run_dag(client, NOOP_DAG, {})  # warm-up: first runs pay one-off costs (DAG bundle, imports)
+                if rows == sizes[0]:
+                    floor = measure_floor(client, 3 if quick else 5)
+                    idle = measure_idle_cpu(stack, 15 if quick else 30)
+                    rss = worker_rss_mib(stack)
+                by_size.update(measure_orchestration(stack, client, [rows], repeats))
+        with celery_stack(root / "fan-out", fan_rows, **shipped) as (stack, client):
+            run_dag(client, NOOP_DAG, {})
             fan = measure_scale_out(stack, client, fan_rows, 1 if quick else 3)
         variants: list[tuple[str, dict[str, Any]]] = []
         if not quick:
             for name, variables in VARIANTS:
-                with celery_stack(root / name.replace(" ", "-"), **shipped, **variables) as (stack, client):
+                with celery_stack(root / name.replace(" ", "-"), sizes[0], **shipped, **variables) as (stack, client):
                     run_dag(client, NOOP_DAG, {})
                     rows = sizes[0]
                     results = [run_dag(client, DAG, pipeline_conf(stack, rows)) for _ in range(2)]
