@@ -9,3 +9,7 @@ FALSE_TOKENS = frozenset({"false", "0", "no", "n", "f"})
 # The registry names the pipeline and the model server use unless configured otherwise.
 DEFAULT_MODEL_NAME = "churn_classifier"
 DEFAULT_ALIAS = "champion"
+
+# The model server's bearer token for POST /reload, which deploy sends: a secret, read from the environment only
+# (.env in a deployment), never a command-line option, the run's config or a log.
+SERVING_TOKEN_ENV = "MLPIPELINE_SERVING_TOKEN"

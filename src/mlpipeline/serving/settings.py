@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, SERVING_TOKEN_ENV
 
 DEFAULT_POLL_SECONDS = 10.0
 DEFAULT_MAX_ROWS = 10_000
@@ -23,8 +23,7 @@ ENV_POLL_SECONDS = "MLPIPELINE_POLL_SECONDS"
 ENV_MAX_ROWS = "MLPIPELINE_MAX_ROWS"
 ENV_MAX_BODY_BYTES = "MLPIPELINE_MAX_BODY_BYTES"
 ENV_FORCE_RELOAD_SECONDS = "MLPIPELINE_FORCE_RELOAD_SECONDS"
-# A secret: read from the environment only (.env in a deployment), never a command-line option, never logged.
-ENV_SERVING_TOKEN = "MLPIPELINE_SERVING_TOKEN"
+ENV_SERVING_TOKEN = SERVING_TOKEN_ENV  # a secret: see mlpipeline.constants
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from mlpipeline.config import PipelineConfig
+from mlpipeline.constants import SERVING_TOKEN_ENV
 from mlpipeline.integrity import IntegrityError
 from mlpipeline.payload import json_rows
 from mlpipeline.registry import (
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "deploy.json"
 # Written before the alias moves: which version goes live and which one it replaces.
 INTENT_FILE = "deploy_intent.json"
-# The model server's bearer token for POST /reload: from the environment (.env), never the run's config or a log.
-SERVING_TOKEN_ENV = "MLPIPELINE_SERVING_TOKEN"
 
 
 class DeployError(RuntimeError):
