@@ -54,24 +54,26 @@ default_args = {
 DOC = """
 # ml_pipeline
 
-Retrains and ships the churn classifier (or whatever dataset the Variables describe).
+Retrains and ships a model for a tabular dataset (binary, multiclass or regression; the demo's churn data by
+default, or whatever dataset the Variables describe).
 
 `start` → `crawl_data` → `check_data` → `data_changed` (**branch**):
 - *unchanged*: the data (sha256) and the training (candidates, settings, code) are those the champion came from
   → `report_unchanged` → `end`: nothing is trained or registered
 - *changed*: → `etl` → `train_model` (one mapped instance per candidate, listed by `list_candidates` beside the
   crawl) → `validate_model` (best candidate) → `decide` (**branch**):
-  - *deploy*: metric ≥ `accuracy_threshold` and beats the champion by more than `champion_margin` →
+  - *deploy*: `validation_metric` passes `metric_threshold` and beats the champion by more than `champion_margin`
+    (both in the metric's direction) →
     `deploy_model` → `monitor` → `success_email` → `end`
   - *reject*: otherwise (a tie keeps the champion) → `retrain_alert` → `end`
 
 Each task calls one function of the `mlpipeline` library; data moves as files under `data_dir`
 (`raw/<run>/`, `processed/<run>/`, `models/<run>/`, `runs/<run>/`), XCom carries only paths and small records.
 
-**Configuration**: one Airflow Variable per setting (`crawl_url`, `ml_model_type`, `candidates`, `accuracy_threshold`,
-`test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf` may change, for one
-run, how a model is trained and judged (e.g. `{"accuracy_threshold": 0.9}`), never infrastructure (sources, paths,
-URLs, registry names, recipients). `start` validates and freezes the config of the run.
+**Configuration**: one Airflow Variable per setting (`crawl_url`, `task`, `ml_model_type`, `candidates`,
+`metric_threshold`, `test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf`
+may change, for one run, how a model is trained and judged (e.g. `{"metric_threshold": 0.9}`), never
+infrastructure (sources, paths, URLs, registry names, recipients). `start` validates and freezes the config of the run.
 Every task retries at least twice; a failure is emailed (connection `smtp_default`) once, when no retry is left.
 """
 
@@ -155,18 +157,21 @@ def report_unchanged(record: Record) -> str:
 @task
 def etl(record: Record) -> Record:
     """Clean the raw snapshot against `dataset_schema` (dedupe, impute, encode) into Parquet under
-    `processed/<run>/`. Data that breaks the schema fails at once."""
-    from mlpipeline.stages.etl import EtlError, etl
+    `processed/<run>/`, deciding what the data says: the task (if `auto`), the feature columns (if not declared:
+    inferred and frozen) and the metric. The run goes on with that resolved config (`runs/<run>/config.resolved.json`).
+    Data that breaks the schema, or a metric that does not fit the task, fails at once."""
+    from mlpipeline.stages.etl import EtlError, etl, resolved_config
 
     raw = record["crawl"]
-    with fail_fast_on(EtlError):
-        result = etl(
-            read_config(record["config_path"]),
-            run=record["run"],
-            raw_data_path=raw["data_path"],
-            raw_format=raw["format"],
-        )
-    return {**record, "etl": result.to_dict()}
+    config = read_config(record["config_path"])
+    with fail_fast_on(EtlError, ConfigError):
+        result = etl(config, run=record["run"], raw_data_path=raw["data_path"], raw_format=raw["format"])
+        resolved = resolved_config(config, result)
+    path = DataLayout.of(config.data_dir).run_records(record["run"]) / "config.resolved.json"
+    atomic_write_json(path, json.loads(resolved.model_dump_json()))
+    features = resolved.dataset_schema.feature_names
+    log.info("task %s, metric %s, %d feature columns", resolved.task, resolved.validation_metric, len(features))
+    return {**record, "config_path": str(path), "etl": result.to_dict()}
 
 
 @task(
@@ -202,8 +207,8 @@ train_model = train_model.override(doc_md=train_model.function.__doc__)
 
 @task(queue=QUEUE_TRAINING)
 def validate_model(trained: list[Record]) -> Record:
-    """Pick the best candidate on `validation_metric` and judge it: at least `accuracy_threshold`, and better than
-    the champion on the same holdout by more than `champion_margin` (a tie keeps the champion)? The decision, its
+    """Pick the best candidate on `validation_metric` and judge it: past `metric_threshold`, and better than the
+    champion on the same holdout by more than `champion_margin` (a tie keeps the champion)? The decision, its
     reasons and the ranking go to `runs/<run>/validate.json`."""
     from mlpipeline.integrity import IntegrityError
     from mlpipeline.stages.train import TrainResult

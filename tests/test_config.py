@@ -33,7 +33,7 @@ def test_variables_are_strings_and_json_is_decoded() -> None:
         "notification_email": "a@example.com, b@example.com",
     }
     config = load_config(variables.get)
-    assert config.accuracy_threshold == 0.8
+    assert config.metric_threshold == 0.8
     assert config.random_state == 7
     assert config.hyperparameters == {"n_estimators": 50}
     assert config.notification_email == ["a@example.com", "b@example.com"]
@@ -41,13 +41,13 @@ def test_variables_are_strings_and_json_is_decoded() -> None:
 
 def test_run_conf_overrides_variables() -> None:
     config = load_config({"accuracy_threshold": "0.8"}.get, {"accuracy_threshold": 0})
-    assert config.accuracy_threshold == 0
+    assert config.metric_threshold == 0
 
 
 @pytest.mark.parametrize(
     ("layer", "field", "reason"),
     [
-        ({"accuracy_threshold": "1.5"}, "accuracy_threshold", "less than or equal to 1"),
+        ({"accuracy_threshold": "1.5"}, "metric_threshold", "outside what accuracy can be"),
         ({"test_size": 0}, "test_size", "greater than 0"),
         ({"crawl_url": "ftp://example.com/x"}, "crawl_url", "http"),
         ({"ml_model_type": "svm"}, "ml_model_type", "random_forest"),
@@ -92,7 +92,7 @@ def test_another_dataset_is_configuration_only(tmp_path) -> None:
 
 
 def test_field_names_are_the_variable_names() -> None:
-    for name in ("crawl_url", "ml_model_type", "accuracy_threshold", "test_size", "random_state", "notification_email"):
+    for name in ("crawl_url", "ml_model_type", "metric_threshold", "test_size", "random_state", "notification_email"):
         assert name in FIELD_NAMES
 
 

@@ -17,10 +17,17 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipeline.constants import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from mlpipeline.tasks import DEFAULT_METRIC, METRICS, TASKS, Metric, MetricName, Task, TaskSetting, check_metric_fits
 
 ColumnType = Literal["numeric", "integer", "categorical", "boolean", "date"]
-ModelType = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
-MetricName = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc"]
+# logistic_regression is for classification, ridge for regression; the other two have both kinds.
+ModelType = Literal["random_forest", "hist_gradient_boosting", "logistic_regression", "ridge"]
+MODEL_TYPE_TASKS: dict[str, frozenset[str]] = {
+    "random_forest": frozenset(TASKS),
+    "hist_gradient_boosting": frozenset(TASKS),
+    "logistic_regression": frozenset({"binary", "multiclass"}),
+    "ridge": frozenset({"regression"}),
+}
 SourceFormat = Literal["auto", "csv", "jsonl", "parquet", "json_api"]
 
 
@@ -53,31 +60,53 @@ class ColumnSpec(BaseModel):
 
 
 class DatasetSchema(BaseModel):
-    """What the data looks like: the target and the declared feature columns."""
+    """What the data looks like: the target and the feature columns (declared, or inferred by the first run)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(min_length=1, description="Name of the binary target column.")
-    positive_label: str = Field(default="1", description="Target value (as text) that counts as the positive class.")
+    target: str = Field(min_length=1, description="Name of the target column (a label or a number).")
+    positive_label: str | None = Field(
+        default=None,
+        description="Binary tasks: the target value (as text) that counts as the positive class. Unset: 1 / true /"
+        " yes if the target has it, else the rarer class (recorded with the run).",
+    )
     id_column: str | None = Field(default=None, description="Optional record id; never used as a feature.")
-    columns: list[ColumnSpec] = Field(min_length=1, description="Declared feature columns.")
+    columns: list[ColumnSpec] | None = Field(
+        default=None,
+        min_length=1,
+        description="Feature columns. Unset: inferred from the first run's snapshot and frozen (see the schema CLI).",
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns never used (neither inferred nor declared).")
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> DatasetSchema:
-        names = [c.name for c in self.columns]
+        names = [c.name for c in self.columns or []]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate column names: {duplicates}")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also declared as a feature column")
+        excluded = sorted(set(self.exclude) & {*names, self.target})
+        if excluded:
+            raise ValueError(f"excluded column(s) {excluded} are also the target or declared feature columns")
         return self
 
+    @property
+    def is_resolved(self) -> bool:
+        """Whether the feature columns are known (declared, or filled in from an inferred schema)."""
+        return self.columns is not None
+
+    def resolved_columns(self) -> list[ColumnSpec]:
+        if self.columns is None:
+            raise ValueError("dataset_schema.columns is not resolved yet: the ETL infers it from the snapshot")
+        return self.columns
+
     def columns_of_type(self, *types: ColumnType) -> list[str]:
-        return [c.name for c in self.columns if c.type in types]
+        return [c.name for c in self.resolved_columns() if c.type in types]
 
     @property
     def feature_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        return [c.name for c in self.resolved_columns()]
 
 
 def default_schema() -> DatasetSchema:
@@ -134,6 +163,13 @@ class PipelineConfig(BaseModel):
     """All knobs of the pipeline. Field names are the Airflow Variable names."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- the problem ------------------------------------------------------------------------------------
+    task: TaskSetting = Field(
+        default="auto",
+        description="binary, multiclass, regression, or auto: decided from the target column of the snapshot (a"
+        " number with many distinct values is regression, else classification by class count) and recorded.",
+    )
 
     # --- source -----------------------------------------------------------------------------------------
     crawl_url: str = Field(
@@ -212,15 +248,24 @@ class PipelineConfig(BaseModel):
     random_state: int = Field(default=42, ge=0, description="Seed for the split and the estimator.")
 
     # --- validation -------------------------------------------------------------------------------------
-    validation_metric: MetricName = Field(default="accuracy", description="Metric compared to the threshold.")
-    accuracy_threshold: float = Field(default=0.75, ge=0, le=1, description="Deploy only if validation_metric >= this.")
+    validation_metric: MetricName | None = Field(
+        default=None,
+        description="Metric that ranks candidates and judges the best one. Unset: accuracy for classification, r2"
+        " for regression. Classification: accuracy, balanced_accuracy, f1 (binary), f1_macro, roc_auc (binary),"
+        " roc_auc_ovr (multiclass), log_loss; regression: rmse, mae, r2.",
+    )
+    metric_threshold: float | None = Field(
+        default=None,
+        description="Deploy only if validation_metric is at least this (at most, for rmse, mae, log_loss)."
+        " Unset: 0.75 for the classification scores, r2 > 0 ... 0.0, no bar for rmse, mae, log_loss."
+        " Alias: accuracy_threshold.",
+    )
     champion_tolerance: float = Field(
-        default=0.0, ge=0, le=1, description="Candidate may be this much worse than the champion."
+        default=0.0, ge=0, description="Candidate may be this much worse than the champion (in metric units)."
     )
     champion_margin: float = Field(
         default=0.0,
         ge=0,
-        le=1,
         description="Without a champion_tolerance, the candidate must beat the champion by more than this: "
         "a tie keeps the champion (a fresh but identical model is churn, not progress).",
     )
@@ -258,6 +303,12 @@ class PipelineConfig(BaseModel):
         default_factory=lambda: ["ml-team@example.com"], min_length=1, description="Recipients."
     )
     email_from: str = Field(default="ml-pipeline@example.com", description="Sender address.")
+
+    # Written by resolved(), never set by a user: the task/schema/metric settings as declared, before the ETL
+    # filled them in from the data. Fingerprints ("is this the same training?") compare these.
+    declared: dict[str, Any] | None = Field(
+        default=None, repr=False, description="Internal: the task/schema/metric settings before the ETL resolved them."
+    )
 
     # --- retention (applied by the ml_maintenance DAG) ----------------------------------------------------
     retention_runs: int = Field(
@@ -330,10 +381,47 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"not an email address: {address[:100]!r}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _threshold_alias(cls, data: Any) -> Any:
+        return threshold_alias(data) if isinstance(data, Mapping) else data
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> PipelineConfig:
+        if self.validation_metric is not None:
+            check_metric_fits(self.validation_metric, self.task)
+        bar = self.metric_threshold
+        if bar is None:
+            return self
+        tasks = TASKS if self.task == "auto" else (self.task,)
+        # Unset metric: the bar is for the task's default metric (any of them while the task is auto).
+        metrics = [METRICS[self.validation_metric or DEFAULT_METRIC[task]] for task in tasks]
+        if not any(_within(metric, bar) for metric in metrics):
+            metric = metrics[0]
+            raise ValueError(
+                f"metric_threshold {bar} is outside what {metric.name} can be"
+                f" ({'-inf' if metric.lowest is None else metric.lowest} to"
+                f" {'inf' if metric.highest is None else metric.highest})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _model_types_fit_task(self) -> PipelineConfig:
+        if self.task == "auto":
+            return self
+        for candidate in self.training_candidates():
+            if self.task not in MODEL_TYPE_TASKS[candidate.ml_model_type]:
+                fitting = [name for name, tasks in MODEL_TYPE_TASKS.items() if self.task in tasks]
+                raise ValueError(
+                    f"ml_model_type {candidate.ml_model_type!r} does not fit a {self.task} task; model types that"
+                    f" fit: {', '.join(fitting)}"
+                )
+        return self
+
     @model_validator(mode="after")
     def _id_is_not_a_feature(self) -> PipelineConfig:
         schema = self.dataset_schema
-        if schema.id_column and schema.id_column in schema.feature_names:
+        if schema.id_column and schema.is_resolved and schema.id_column in schema.feature_names:
             raise ValueError(f"dataset_schema: id_column {schema.id_column!r} is also a feature column")
         return self
 
@@ -370,8 +458,61 @@ class PipelineConfig(BaseModel):
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
+    @property
+    def is_resolved(self) -> bool:
+        """Whether the task, the metric and the feature columns are known (after the ETL, see :meth:`resolved`)."""
+        return self.task != "auto" and self.validation_metric is not None and self.dataset_schema.is_resolved
 
-FIELD_NAMES: tuple[str, ...] = tuple(PipelineConfig.model_fields)
+    def resolved(self, task: Task, schema: DatasetSchema) -> PipelineConfig:
+        """This config with the task the data decided, the schema (inferred columns filled in) and the task's
+        default metric filled in; what the settings said is kept in ``declared`` (fingerprints compare that)."""
+        declared = self.declared or {
+            "task": self.task,
+            "dataset_schema": self.dataset_schema.model_dump(mode="json"),
+            "validation_metric": self.validation_metric,
+            "metric_threshold": self.metric_threshold,
+        }
+        try:
+            return PipelineConfig(
+                **{
+                    **self.model_dump(exclude={"declared"}),
+                    "task": task,
+                    "dataset_schema": schema.model_dump(),
+                    "validation_metric": self.validation_metric or DEFAULT_METRIC[task],
+                    "declared": declared,
+                }
+            )
+        except ValidationError as exc:
+            raise ConfigError(_format_error(exc)) from None
+
+    @property
+    def threshold(self) -> float | None:
+        """The bar of a resolved config's metric (``metric_threshold``, else the metric's default)."""
+        if self.validation_metric is None:
+            raise ValueError("the metric is not resolved yet: the ETL decides the task")
+        if self.metric_threshold is not None:
+            return self.metric_threshold
+        return METRICS[self.validation_metric].default_threshold
+
+
+def _within(metric: Metric, value: float) -> bool:
+    return (metric.lowest is None or value >= metric.lowest) and (metric.highest is None or value <= metric.highest)
+
+
+# The settings of a run are the fields above except ``declared`` (written by ``resolved``, never set by a user).
+FIELD_NAMES: tuple[str, ...] = tuple(name for name in PipelineConfig.model_fields if name != "declared")
+THRESHOLD_ALIASES = ("accuracy_threshold",)
+
+
+def threshold_alias(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``accuracy_threshold`` (the seed's name) means ``metric_threshold``; setting both is an error."""
+    values = dict(layer)
+    if "accuracy_threshold" in values:
+        if "metric_threshold" in values:
+            raise ValueError("set metric_threshold or its old name accuracy_threshold, not both")
+        values["metric_threshold"] = values.pop("accuracy_threshold")
+    return values
+
 
 # What one run's ``conf`` may change: how to train and judge a model. Everything else (URLs, paths, the tracking
 # URI, registry names, recipients, limits) is infrastructure and comes only from Variables / the environment, so
@@ -383,7 +524,9 @@ RUN_OVERRIDABLE_FIELDS: frozenset[str] = frozenset(
         "candidates",
         "test_size",
         "random_state",
+        "task",
         "validation_metric",
+        "metric_threshold",
         "accuracy_threshold",
         "champion_tolerance",
         "champion_margin",
@@ -398,8 +541,10 @@ RUN_OVERRIDABLE_FIELDS: frozenset[str] = frozenset(
 def _format_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "config"
-        problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})"[:500])
+        field = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # A rule across fields names them in its message; its input is the whole config, not worth echoing.
+        problems.append((f"{field}: {message} (got {item.get('input')!r})" if field else message)[:500])
     return "invalid pipeline configuration: " + "; ".join(problems)
 
 
@@ -422,6 +567,10 @@ def build_config(*layers: Mapping[str, Any]) -> PipelineConfig:
     """Merge layers (later wins) over the defaults and validate; unknown keys are errors."""
     merged: dict[str, Any] = {}
     for layer in layers:
+        try:
+            layer = threshold_alias(layer)  # per layer: a run's metric_threshold overrides a Variable's old name
+        except ValueError as exc:
+            raise ConfigError(f"invalid pipeline configuration: metric_threshold: {exc}") from None
         for name, raw in layer.items():
             if name not in FIELD_NAMES:
                 raise ConfigError(
@@ -454,11 +603,14 @@ def load_config(lookup: Callable[[str], str | None], overrides: Mapping[str, Any
     """
     overrides = overrides or {}
     check_run_overrides(overrides)
-    from_variables = {name: value for name in FIELD_NAMES if (value := lookup(name)) is not None}
+    from_variables = {name: value for name in (*FIELD_NAMES, *THRESHOLD_ALIASES) if (value := lookup(name)) is not None}
     return build_config(from_variables, overrides)
 
 
 def read_config(path: str) -> PipelineConfig:
-    """Read a config frozen by an earlier task of the same run."""
+    """Read a config frozen by an earlier task of the same run (resolved by the ETL, or as ``start`` froze it)."""
     with open(path, encoding="utf-8") as handle:
-        return build_config(json.load(handle))
+        frozen = json.load(handle)
+    declared = frozen.pop("declared", None)
+    config = build_config(frozen)
+    return config.model_copy(update={"declared": declared}) if declared is not None else config

@@ -280,7 +280,7 @@ MODEL_NEUTRAL_SETTINGS = frozenset(
     | {"notify_unchanged"}
 )
 # Settings that judge a model rather than shape it: part of "the same training", not of "the same model".
-JUDGING_SETTINGS = frozenset({"validation_metric", "accuracy_threshold", "champion_tolerance", "champion_margin"})
+JUDGING_SETTINGS = frozenset({"validation_metric", "metric_threshold", "champion_tolerance", "champion_margin"})
 # Where a model's behaviour is coded (relative to this package) and the libraries it is computed with.
 MODEL_SOURCES = ("features.py", "stages/train.py", "stages/etl")
 MODEL_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow")
@@ -304,7 +304,10 @@ def code_version() -> str:
 
 def _model_settings(config: PipelineConfig, *, judging: bool) -> dict[str, Any]:
     """The settings that shape a model (and, if ``judging``, those that judge it); candidates apart."""
-    settings = config.model_dump(mode="json")
+    settings = config.model_dump(mode="json", exclude={"declared"})
+    # As the settings said, before the ETL filled in the task, schema and metric from the data: a run is "the same
+    # training" as the champion's when its settings are, and the data (by sha256) decides the rest the same way.
+    settings.update(config.declared or {})
     return {
         name: value
         for name, value in settings.items()
