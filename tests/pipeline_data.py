@@ -16,8 +16,10 @@ class Workspace:
     root: Path
     tracking_uri: str
 
-    def config(self, **overrides: Any) -> PipelineConfig:
-        return build_config(
+    def config(self, *, resolved: bool = True, **overrides: Any) -> PipelineConfig:
+        """The churn test config; ``resolved`` (default) as the ETL leaves it for the later stages (task binary,
+        the task's default metric), else as ``start`` freezes it."""
+        config = build_config(
             {
                 "data_dir": str(self.root / "data"),
                 "mlflow_tracking_uri": self.tracking_uri,
@@ -26,6 +28,7 @@ class Workspace:
                 **overrides,
             }
         )
+        return config.resolved("binary", config.dataset_schema) if resolved else config
 
     def processed(self, run: str, rows: int = 2000, seed: int = 7, **dataset: Any) -> EtlResult:
         raw = self.root / f"{run}.csv"
