@@ -1,4 +1,5 @@
-"""The bundled data source: the synthetic customer-churn dataset over HTTP, and its command line.
+"""The bundled data source: the synthetic customer-churn dataset over HTTP (and the public datasets that installed
+packages ship, at ``/datasets/<name>.csv``), and its command line.
 
 It is the demo's default source and the tests' fixture, so it behaves like a real (imperfect) upstream:
 
@@ -126,6 +127,10 @@ class DataSourceServer:
       of the data answers 410.
     * ``/api/pages?page=N&page_size=M`` -- next-link pages: ``{"data": [...], "links": {"next": url|null,
       "self": url}, "meta": {...}}``; page 1 has an ETag.
+    * ``/datasets/<name>.csv`` -- a public dataset shipped inside an installed package (iris, wine, breast_cancer,
+      diabetes, penguins, seattle_weather: :mod:`mlpipeline.dev.public_datasets`), as a plain CSV with ETag and
+      Last-Modified (the file's); ``/datasets`` -- their list (JSON: name, path, target, task, source). The
+      query parameters and content switches below are the churn data's and do not apply to them.
     * ``/broken.csv`` -- a malformed CSV; ``/`` -- an HTML landing page (not data); anything else 404.
 
     Query parameters ``rows``, ``seed``, ``drift`` (1/0), ``missing_rate``, ``malformed_rate`` and

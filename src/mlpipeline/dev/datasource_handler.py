@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pandas as pd
 
+from mlpipeline.dev import public_datasets
 from mlpipeline.dev.formats import CONTENT_TYPES, json_records
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ _INDEX_HTML = b"""<!doctype html>
 <body><h1>Customer churn data source</h1>
 <ul><li><a href="/data.csv">/data.csv</a></li><li><a href="/data.jsonl">/data.jsonl</a></li>
 <li><a href="/data.parquet">/data.parquet</a></li><li><a href="/api/records">/api/records</a></li>
-<li><a href="/api/pages">/api/pages</a></li><li><a href="/health">/health</a></li></ul></body></html>
+<li><a href="/api/pages">/api/pages</a></li><li><a href="/datasets">/datasets</a> (public datasets)</li>
+<li><a href="/health">/health</a></li></ul></body></html>
 """
 
 
@@ -131,6 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "/": lambda q: self._send(200, _INDEX_HTML, "text/html; charset=utf-8"),
                 "/index.html": lambda q: self._send(200, _INDEX_HTML, "text/html; charset=utf-8"),
             }
+            if path == public_datasets.DATASETS_PATH:
+                routes[path] = lambda q: self._json(200, {"datasets": _dataset_index()})
+            elif path.startswith(public_datasets.DATASETS_PATH + "/"):
+                routes[path] = lambda q: self._public_dataset(path)
             route = routes.get(path)
             if route is None:
                 self._json(404, {"error": f"no such resource: {path}"})
@@ -191,15 +197,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _validators(self, etag: str) -> dict[str, str]:
+    def _validators(self, etag: str, modified: int | None = None) -> dict[str, str]:
+        """ETag and Last-Modified (``modified``, Unix seconds; default: when the churn data last changed)."""
         source = self.server.source
         if not source.conditional:
             return {}
-        return {"ETag": etag, "Last-Modified": source.last_modified, "Cache-Control": "no-cache"}
+        last_modified = source.last_modified if modified is None else email.utils.formatdate(modified, usegmt=True)
+        return {"ETag": etag, "Last-Modified": last_modified, "Cache-Control": "no-cache"}
 
-    def _not_modified(self, etag: str) -> bool:
+    def _not_modified(self, etag: str, modified: int | None = None) -> bool:
         """Evaluate If-None-Match (wins when present, RFC 9110) or else If-Modified-Since; send 304 if met."""
         source = self.server.source
+        modified = source.modified_timestamp if modified is None else modified
         if not source.conditional:
             return False
         if_none_match = self.headers.get("If-None-Match")
@@ -209,17 +218,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             since = self.headers.get("If-Modified-Since")
             try:
-                matched = (
-                    since is not None
-                    and source.modified_timestamp <= email.utils.parsedate_to_datetime(since).timestamp()
-                )
+                matched = since is not None and modified <= email.utils.parsedate_to_datetime(since).timestamp()
             except (TypeError, ValueError):
                 matched = False  # unparseable dates are ignored, as the RFC says
         if matched:
             self._status = 304
             self._record(304)
             self.send_response(304)
-            for name, value in self._validators(etag).items():
+            for name, value in self._validators(etag, modified).items():
                 self.send_header(name, value)
             self.end_headers()
         return matched
@@ -251,6 +257,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self._not_modified(etag):
             return
         self._send(200, source.body(params, fmt), CONTENT_TYPES[fmt], self._validators(etag))
+
+    def _public_dataset(self, path: str) -> None:
+        """``/datasets/<name>.csv``: a public dataset from an installed package (it never changes while served)."""
+        name = path[len(public_datasets.DATASETS_PATH) + 1 :].removesuffix(".csv")
+        try:
+            dataset = public_datasets.get(name)
+            body = dataset.csv_bytes()
+        except (public_datasets.UnknownDataset, FileNotFoundError) as exc:
+            self._json(404, {"error": str(exc)})
+            return
+        etag = _etag("dataset", hashlib.sha256(body).hexdigest())
+        modified = int(max(p.stat().st_mtime for p in dataset.paths))
+        if self._not_modified(etag, modified):
+            return
+        self._send(200, body, CONTENT_TYPES["csv"], self._validators(etag, modified))
 
     def _records(self, query: dict[str, list[str]]) -> None:
         source = self.server.source
@@ -309,6 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
         meta = {"page": page, "page_size": size, "total": total}
         body = _envelope("data", frame.iloc[start:end], {"links": links, "meta": meta})
         self._send(200, body, "application/json", self._validators(etag) if page == 1 else {})
+
+
+def _dataset_index() -> list[dict[str, Any]]:
+    return [dataset.describe() for dataset in public_datasets.DATASETS.values()]
 
 
 def _envelope(field_name: str, rows: pd.DataFrame, extra: dict[str, Any]) -> bytes:
