@@ -1,8 +1,24 @@
 """``make demo``: run ml_pipeline once, end to end, through Airflow's scheduler and executor on the embedded
 stack (SQLite + LocalExecutor, MLflow on SQLite), then print what happened.
 
-Environment: DEMO_CONF (JSON run conf, e.g. '{"accuracy_threshold": 0.99}'), DEMO_DIR (state, default .demo/),
-DEMO_DATA_DIR (default data/), DEMO_*_PORT (see mlpipeline.dev.localstack.Ports), DEMO_TIMEOUT (seconds).
+Environment:
+
+* ``DEMO_DATASET``: the data the demo's own data source serves to the pipeline: ``churn`` (default, the synthetic
+  binary customer-churn data) or a public dataset that ships in an installed package: ``penguins`` (multiclass,
+  raw and messy), ``seattle_weather`` (multiclass, dates), ``iris``, ``wine`` (multiclass), ``breast_cancer``
+  (binary), ``diabetes`` (regression); see mlpipeline.dev.public_datasets. It sets the Variables crawl_url,
+  dataset_schema (the target; the columns are inferred) and registered_model_name (``<dataset>_classifier`` or
+  ``_regressor``, so that each dataset has its own champion), and the model server serves that model.
+* ``AIRFLOW_VAR_<NAME>``: any pipeline Variable (see the config), as in a deployment; it overrides the demo's own
+  setting, the bundled source included: ``AIRFLOW_VAR_CRAWL_URL=<url> AIRFLOW_VAR_DATASET_SCHEMA='{"target":
+  "<column>"}' make demo`` runs the pipeline on your data (and ``AIRFLOW_VAR_REGISTERED_MODEL_NAME`` keeps its
+  champion apart from the churn demo's).
+* ``DEMO_CONF`` (JSON run conf, e.g. '{"metric_threshold": 0.99}'), ``DEMO_DIR`` (state, default .demo/),
+  ``DEMO_DATA_DIR`` (default data/), ``DEMO_*_PORT`` (see mlpipeline.dev.localstack.Ports), ``DEMO_TIMEOUT``
+  (seconds).
+
+The summary shows the branch taken, the decision, the data, the served model and one prediction for a held-out row
+of the data (its columns from the run's resolved config).
 """
 
 from __future__ import annotations
@@ -16,11 +32,20 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from mlpipeline.config import read_config
-from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient, LocalStack, Ports, StackError
+from mlpipeline.config import PipelineConfig, read_config
+from mlpipeline.dev.localstack import (
+    BUNDLED_DATASET,
+    REPO_ROOT,
+    AirflowClient,
+    LocalStack,
+    Ports,
+    StackError,
+    variables_from_environment,
+)
 from mlpipeline.dev.mailcatcher import read_mailbox
 from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, read_json, run_key
+from mlpipeline.tasks import higher_is_better
 
 DAG_ID = "ml_pipeline"
 FINISHED = {"success", "failed"}
@@ -47,7 +72,8 @@ def follow(client: AirflowClient, run_id: str, timeout: float) -> str:
 
 
 def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_before: int) -> None:
-    layout = DataLayout.of(stack.data_dir or "data")
+    variables = stack.pipeline_variables()
+    layout = DataLayout.of(variables["data_dir"])
     run = run_key(run_id)
     records = layout.run_records(run)
     manifest = read_json(layout.raw(run) / "manifest.json")
@@ -56,12 +82,20 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
     print("=" * 78)
     print(f"ml_pipeline run {run_id}")
     print(f"  branch taken      : {branch}")
-    holdout = _trained_summary(layout, run) if (records / "validate.json").exists() else _unchanged_summary(records)
+    trained = (records / "validate.json").exists()
+    if trained:
+        _trained_summary(layout, run)
+    else:
+        _unchanged_summary(records)
     print(
         f"  raw snapshot      : {layout.raw(run)}  ({manifest['rows']} rows, sha256 {manifest['sha256'][:12]}…,"
         f" unchanged={manifest.get('unchanged')})"
     )
-    _serving_summary(stack, records, holdout or _newest_holdout(layout))
+    config, holdout = _trained_model_data(layout, run) if trained else _champion_model_data(stack, layout)
+    if config is not None:
+        print(f"  dataset           : {config.crawl_url}")
+        print(f"                      task {config.task}, target {config.dataset_schema.target!r}, {_features(config)}")
+    _serving_summary(stack.serving_url, config, holdout)
     mails = read_mailbox(stack.mail_dir)[mail_before:]
     for message in mails:
         print(f"  email sent        : {message['subject']!r} to {message['to']}")
@@ -76,23 +110,24 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
 BRANCHES = ("deploy_model", "retrain_alert", "report_unchanged")
 
 
-def _trained_summary(layout: DataLayout, run: str) -> str:
-    """The decision, the candidate and the data of a run that trained; returns the candidate's holdout path."""
+def _trained_summary(layout: DataLayout, run: str) -> None:
+    """The decision, the candidate and the data of a run that trained."""
     decision = read_json(layout.run_records(run) / "validate.json")
     train = read_json(layout.models(run) / decision["candidate"] / "train.json")
     etl = read_json(layout.processed(run) / "etl.json")
     print(f"  decision          : {'DEPLOY' if decision['deploy'] else 'KEEP CHAMPION'}")
     for reason in decision["reasons"]:
         print(f"                      - {reason}")
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(train["metrics"].items()))
-    print(f"  candidate {train['candidate']}: {metrics}")
-    print(f"  threshold         : {decision['metric']} >= {decision['threshold']}")
+    scores = {k: v for k, v in train["metrics"].items() if isinstance(v, (int, float))}
+    print(f"  candidate {train['candidate']}: {', '.join(f'{k} {v:.4f}' for k, v in sorted(scores.items()))}")
+    threshold, metric = decision.get("threshold"), decision["metric"]
+    bar = "none" if threshold is None else f"{'>=' if higher_is_better(metric) else '<='} {threshold}"
+    print(f"  threshold         : {metric} {bar}")
     print(
         f"  processed data    : {etl['data_path']}  ({etl['rows_out']} rows, {etl['rows_quarantined']} quarantined"
         f" -> {etl['quarantine_path']})"
     )
     print(f"  model             : {train['model_uri']} (MLflow run {train['mlflow_run_id']})")
-    return str(train["holdout_path"])
 
 
 def _unchanged_summary(records: Path) -> None:
@@ -102,29 +137,70 @@ def _unchanged_summary(records: Path) -> None:
     print("                      (change a training setting, e.g. DEMO_CONF='{\"random_state\": 7}', to train anew)")
 
 
-def _newest_holdout(layout: DataLayout) -> str | None:
-    """Held-out rows of the newest trained run: rows in the shape the served model takes."""
-    holdouts = sorted(layout.root.glob("models/*/*/holdout.parquet"), key=lambda path: path.stat().st_mtime)
-    return str(holdouts[-1]) if holdouts else None
+def _run_config(records: Path) -> PipelineConfig | None:
+    """The run's config as the ETL resolved it (its columns known), else as ``start`` froze it."""
+    for name in ("config.resolved.json", "config.json"):
+        if (records / name).exists():
+            return read_config(str(records / name))
+    return None
 
 
-def _serving_summary(stack: LocalStack, records: Path, holdout: str | None) -> None:
-    model = httpx.get(f"{stack.serving_url}/model", timeout=10)
+def _trained_model_data(layout: DataLayout, run: str) -> tuple[PipelineConfig | None, str | None]:
+    """A run that trained: its resolved config and its chosen candidate's held-out rows."""
+    decision = read_json(layout.run_records(run) / "validate.json")
+    train = read_json(layout.models(run) / decision["candidate"] / "train.json")
+    return _run_config(layout.run_records(run)), str(train["holdout_path"])
+
+
+def _champion_model_data(stack: LocalStack, layout: DataLayout) -> tuple[PipelineConfig | None, str | None]:
+    """A run that trained nothing: the config and held-out rows of the run that trained the served champion."""
+    from mlflow import MlflowClient
+
+    answer = httpx.get(f"{stack.serving_url}/model", timeout=10)
+    if answer.status_code != 200 or not answer.json().get("run_id"):
+        return None, None
+    uri = stack.pipeline_variables()["mlflow_tracking_uri"]
+    tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(answer.json()["run_id"]).data.tags
+    run, candidate = tags.get("pipeline_run"), tags.get("candidate")
+    if not run or not candidate:
+        return None, None
+    holdout = layout.models(run) / candidate / "holdout.parquet"
+    return _run_config(layout.run_records(run)), str(holdout) if holdout.exists() else None
+
+
+def _features(config: PipelineConfig) -> str:
+    if not config.dataset_schema.is_resolved:
+        return "feature columns inferred from the data"
+    return f"{len(config.dataset_schema.feature_names)} feature columns"
+
+
+def _serving_summary(serving_url: str, config: PipelineConfig | None, holdout: str | None) -> None:
+    model = httpx.get(f"{serving_url}/model", timeout=10)
     if model.status_code != 200:
         print(f"  serving           : no champion yet (HTTP {model.status_code})")
         return
     body = model.json()
-    print(f"  serving           : {body['name']} v{body['version']} at {stack.serving_url}")
-    if holdout is None:
+    print(f"  serving           : {body['name']} v{body['version']} at {serving_url}")
+    if holdout is None or config is None or not config.dataset_schema.is_resolved:
         return
-    features = read_config(str(records / "config.json")).dataset_schema.feature_names
-    row = json_rows(pd.read_parquet(holdout, columns=features).head(1))
-    answer = httpx.post(f"{stack.serving_url}/predict", json={"rows": row}, timeout=10).json()
-    print(f"  one prediction    : POST /predict {json.dumps(row[0])[:90]}…")
-    print(
-        f"                      -> {answer.get('predictions')} p={answer.get('probabilities')}"
-        f" (model v{answer.get('model_version')})"
-    )
+    row = json_rows(pd.read_parquet(holdout, columns=config.dataset_schema.feature_names).head(1))
+    answer = httpx.post(f"{serving_url}/predict", json={"rows": row}, timeout=10).json()
+    print(f"  one prediction    : POST /predict {_short(row[0], 90)}")
+    probabilities = answer.get("probabilities")
+    shown = "" if probabilities is None else f" p={_short(probabilities, 160)}"
+    predictions = _short(answer.get("predictions"), 60)
+    print(f"                      -> {predictions}{shown} (model v{answer.get('model_version')})")
+
+
+def _short(value: object, limit: int) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def demo_variables(stack: LocalStack, environ: dict[str, str]) -> dict[str, str]:
+    """The Variables the demo sets: DEMO_DATASET's, then every ``AIRFLOW_VAR_<NAME>`` of the environment over them."""
+    variables = stack.dataset_variables(environ.get("DEMO_DATASET") or BUNDLED_DATASET)
+    return {**variables, **variables_from_environment(environ)}
 
 
 def main() -> int:
@@ -136,6 +212,11 @@ def main() -> int:
     conf = json.loads(os.environ.get("DEMO_CONF") or "{}")
     timeout = float(os.environ.get("DEMO_TIMEOUT", "900"))
     try:
+        stack.variables.update(demo_variables(stack, dict(os.environ)))
+        overridden = sorted(variables_from_environment(os.environ))
+        if overridden:
+            say(f"Variables from the environment (AIRFLOW_VAR_*): {', '.join(overridden)}")
+        say(f"data: {stack.pipeline_variables()['crawl_url']}")
         stack.check_ports()
         say(f"initialising Airflow (SQLite + LocalExecutor) in {stack.airflow_home}")
         stack.init_airflow()

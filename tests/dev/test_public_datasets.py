@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 
 from mlpipeline.dev import public_datasets
 from mlpipeline.dev.datasource import DataSourceServer
+from mlpipeline.dev.localstack import LocalStack, Ports, StackError, variables_from_environment
 from mlpipeline.tasks import decide_task
 
 # name -> (rows, columns including the target, distinct target values)
@@ -121,3 +123,36 @@ def test_the_data_source_serves_each_dataset_with_validators_and_a_list(server: 
         assert http.get("/datasets/iris.csv").status_code == 200
     paths = [request.path for request in server.requests]
     assert "/datasets/penguins.csv" in paths and "/datasets" in paths
+
+
+def test_the_embedded_stack_points_the_pipeline_at_a_dataset_through_variables(tmp_path: Path) -> None:
+    stack = LocalStack(root=tmp_path, ports=Ports(8080, 8000, 8765, 8025))
+    assert stack.dataset_variables("churn") == {}
+    assert stack.dataset_url("churn") == "http://127.0.0.1:8765/api/records"
+    penguins = stack.dataset_variables("penguins")
+    assert penguins == {
+        "crawl_url": "http://127.0.0.1:8765/datasets/penguins.csv",
+        "dataset_schema": '{"target": "Species"}',
+        "registered_model_name": "penguins_classifier",
+    }
+    assert stack.dataset_variables("diabetes")["registered_model_name"] == "diabetes_regressor"
+    with pytest.raises(StackError, match=r"no public dataset 'titanic'; there are: iris.* \(or churn, the default\)"):
+        stack.dataset_variables("titanic")
+    # What the environment sets wins over the stack's defaults and over a dataset's Variables, as in a deployment.
+    environ = {
+        "AIRFLOW_VAR_CRAWL_URL": "http://127.0.0.1:9/mine.csv",
+        "AIRFLOW_VAR_DATASET_SCHEMA": '{"target": "label"}',
+        "AIRFLOW_VAR_": "ignored",
+        "AIRFLOW__CORE__EXECUTOR": "not a Variable",
+    }
+    assert variables_from_environment(environ) == {
+        "crawl_url": "http://127.0.0.1:9/mine.csv",
+        "dataset_schema": '{"target": "label"}',
+    }
+    stack.variables.update({**penguins, **variables_from_environment(environ)})
+    env = stack.env()
+    assert env["AIRFLOW_VAR_CRAWL_URL"] == "http://127.0.0.1:9/mine.csv"
+    assert env["AIRFLOW_VAR_DATASET_SCHEMA"] == '{"target": "label"}'
+    assert env["AIRFLOW_VAR_REGISTERED_MODEL_NAME"] == "penguins_classifier"
+    assert env["AIRFLOW_VAR_DATA_DIR"] == str(tmp_path.resolve() / "data")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"

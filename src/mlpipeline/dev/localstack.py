@@ -23,9 +23,21 @@ from typing import IO
 
 import httpx
 
+from mlpipeline.dev import public_datasets
 from mlpipeline.storage import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+VARIABLE_PREFIX = "AIRFLOW_VAR_"
+BUNDLED_DATASET = "churn"  # the data source's own synthetic data (its /api/records), the pipeline's defaults
+
+
+def variables_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The pipeline Variables set as ``AIRFLOW_VAR_<NAME>`` in ``environ``, by their (lower-case) names."""
+    return {
+        name[len(VARIABLE_PREFIX) :].lower(): value
+        for name, value in environ.items()
+        if name.startswith(VARIABLE_PREFIX) and len(name) > len(VARIABLE_PREFIX)
+    }
 
 
 class StackError(RuntimeError):
@@ -234,8 +246,32 @@ class LocalStack:
             "MLPIPELINE_SERVING_TOKEN": os.environ.get("MLPIPELINE_SERVING_TOKEN") or secret["serving_token"],
         }
 
+    def dataset_url(self, name: str) -> str:
+        """Where this stack's data source serves a dataset: ``churn`` (its own) or a public one (by name)."""
+        if name == BUNDLED_DATASET:
+            return f"{self.datasource_url}/api/records"
+        return self.datasource_url + public_datasets.get(name).url_path
+
+    def dataset_variables(self, name: str) -> dict[str, str]:
+        """The Variables that run the pipeline on a dataset this stack's data source serves: its URL, its target
+        (the feature columns are inferred by the first run) and a registered model of its own, so that one
+        dataset's champion never competes with another's. ``churn``: none, the defaults are its settings."""
+        if name == BUNDLED_DATASET:
+            return {}
+        try:
+            dataset = public_datasets.get(name)
+        except public_datasets.UnknownDataset as exc:
+            raise StackError(f"{exc} (or {BUNDLED_DATASET}, the default)") from None
+        kind = "regressor" if dataset.task == "regression" else "classifier"
+        return {
+            "crawl_url": self.dataset_url(name),
+            "dataset_schema": json.dumps({"target": dataset.target}),
+            "registered_model_name": f"{name}_{kind}",
+        }
+
     def pipeline_variables(self) -> dict[str, str]:
-        """The pipeline settings for this stack, as Airflow Variables (``AIRFLOW_VAR_<NAME>``)."""
+        """The pipeline settings for this stack, as Airflow Variables (``AIRFLOW_VAR_<NAME>``); :attr:`variables`
+        override the stack's defaults."""
         return {
             "crawl_url": f"{self.datasource_url}/api/records",
             "data_dir": str(self.data_dir),
@@ -278,7 +314,7 @@ class LocalStack:
                     f"smtp://127.0.0.1:{self.ports.smtp}?disable_ssl=true&disable_tls=true&timeout=10&retry_limit=2"
                 ),
                 "ML_PIPELINE_SCHEDULE": "none",
-                "MLFLOW_TRACKING_URI": self.mlflow_uri,
+                "MLFLOW_TRACKING_URI": self.pipeline_variables()["mlflow_tracking_uri"],
                 # MLflow's telemetry thread cannot reach the internet and races HTTP requests over os.environ.
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "DO_NOT_TRACK": "true",
@@ -353,11 +389,26 @@ class LocalStack:
             "mailcatcher",
             [python, "-m", "mlpipeline.dev.mailcatcher", "--port", str(self.ports.smtp), "--dir", str(self.mail_dir)],
         ).wait_until(tcp_open(self.ports.smtp), 30, "SMTP port")
+        variables = self.pipeline_variables()
+        self.start_model_server(
+            self.ports.serving, variables.get("registered_model_name"), variables.get("champion_alias"), "serving"
+        )
+
+    def start_model_server(
+        self, port: int, model_name: str | None = None, alias: str | None = None, name: str | None = None
+    ) -> str:
+        """A model server on ``port`` for a registered model (default: the pipeline's default model) and alias;
+        returns its URL once it answers. Several can run side by side, one per registered model."""
+        env = {**self.env(), "MLPIPELINE_POLL_SECONDS": "5"}
+        if model_name:
+            env["MLPIPELINE_MODEL_NAME"] = model_name
+        if alias:
+            env["MLPIPELINE_MODEL_ALIAS"] = alias
+        url = f"http://127.0.0.1:{port}"
         self._spawn(
-            "serving",
-            [python, "-m", "mlpipeline.serving", "--port", str(self.ports.serving)],
-            {**self.env(), "MLPIPELINE_POLL_SECONDS": "5"},
-        ).wait_until(http_ok(f"{self.serving_url}/health", accept=(200, 503)), 90, "health check")
+            name or f"serving-{model_name}", [sys.executable, "-m", "mlpipeline.serving", "--port", str(port)], env
+        ).wait_until(http_ok(f"{url}/health", accept=(200, 503)), 90, "health check")
+        return url
 
     def start_airflow(self) -> None:
         airflow = str(Path(sys.executable).parent / "airflow")
