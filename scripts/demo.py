@@ -185,7 +185,7 @@ def _serving_summary(serving_url: str, config: PipelineConfig | None, holdout: s
         return
     row = json_rows(pd.read_parquet(holdout, columns=config.dataset_schema.feature_names).head(1))
     answer = httpx.post(f"{serving_url}/predict", json={"rows": row}, timeout=10).json()
-    print(f"  one prediction    : POST /predict {_short(row[0], 90)}")
+    print(f"  one prediction    : POST /predict {_short(row[0], 160)}")
     probabilities = answer.get("probabilities")
     shown = "" if probabilities is None else f" p={_short(probabilities, 160)}"
     predictions = _short(answer.get("predictions"), 60)

@@ -1,4 +1,5 @@
-"""`make demo`'s script, twice, exactly as a user runs it: Airflow's scheduler + LocalExecutor on SQLite."""
+"""`make demo`'s script, exactly as a user runs it: Airflow's scheduler + LocalExecutor on SQLite, one state
+directory for the module's runs (as a user's .demo/ is)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from mlpipeline.dev.localstack import REPO_ROOT, Ports
 pytestmark = pytest.mark.airflow
 
 
-def _demo(tmp_path: Path, ports: Ports, conf: str = "") -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def demo_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ports]:
+    return tmp_path_factory.mktemp("demo"), Ports.free()
+
+
+def _demo(
+    tmp_path: Path, ports: Ports, conf: str = "", extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DEMO_CONF": conf,
@@ -25,6 +33,7 @@ def _demo(tmp_path: Path, ports: Ports, conf: str = "") -> subprocess.CompletedP
         "DEMO_DATASOURCE_PORT": str(ports.datasource),
         "DEMO_SMTP_PORT": str(ports.smtp),
         "DEMO_TIMEOUT": "600",
+        **(extra or {}),
     }
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "demo.py")],
@@ -36,8 +45,10 @@ def _demo(tmp_path: Path, ports: Ports, conf: str = "") -> subprocess.CompletedP
     )
 
 
-def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(tmp_path: Path) -> None:
-    ports = Ports.free()
+def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
+    demo_state: tuple[Path, Ports],
+) -> None:
+    tmp_path, ports = demo_state
     first = _demo(tmp_path, ports)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     out = first.stdout
@@ -60,3 +71,25 @@ def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     third = _demo(tmp_path, ports, conf='{"random_state": 7}')  # a run may change how a model is trained
     assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
     assert "champion v1" in third.stdout, "a run that trains is compared with the first run's champion"
+
+
+def test_your_own_data_through_airflow_variables_in_the_environment(demo_state: tuple[Path, Ports]) -> None:
+    """The README's "bring your own dataset": a URL and a target, nothing else. The data is the raw penguins file
+    (multiclass, messy) from the demo's own data source, the state the churn runs above left (their champion has
+    other columns: it cannot be scored on these rows, the threshold alone decides)."""
+    tmp_path, ports = demo_state
+    variables = {
+        "AIRFLOW_VAR_CRAWL_URL": f"http://127.0.0.1:{ports.datasource}/datasets/penguins.csv",
+        "AIRFLOW_VAR_DATASET_SCHEMA": '{"target": "Species"}',
+    }
+    run = _demo(tmp_path, ports, extra=variables)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    out = run.stdout
+    assert "Variables from the environment (AIRFLOW_VAR_*): crawl_url, dataset_schema" in out
+    assert "branch taken      : deploy_model" in out
+    assert "dataset           : http://127.0.0.1:" in out and "/datasets/penguins.csv" in out
+    assert "task multiclass, target 'Species'" in out
+    prediction = out.split("one prediction    : POST /predict ", 1)[1].split("\n", 2)
+    columns = ("Island", "Culmen Length (mm)", "Flipper Length (mm)", "Body Mass (g)", "Clutch Completion")
+    assert any(f'"{column}":' in prediction[0] for column in columns), "a penguins row, with its own columns"
+    assert "Penguin (Pygoscelis" in prediction[1], "the answer is a species, with a probability per species"
