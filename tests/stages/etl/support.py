@@ -10,6 +10,7 @@ from mlpipeline.stages.etl import EtlResult, etl
 
 SCHEMA = {
     "target": "label",
+    "positive_label": "1",
     "id_column": "id",
     "columns": [
         {"name": "amount", "type": "numeric", "min": 0, "max": 1000},

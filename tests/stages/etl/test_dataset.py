@@ -11,10 +11,13 @@ from mlpipeline.stages.etl import EtlError, etl
 from tests.stages.etl.support import GOOD_ROW, good_rows, make_config, run_etl, write_csv
 
 
-def test_multiclass_target_is_refused(tmp_path: Path) -> None:
+def test_three_classes_are_refused_when_the_task_is_binary(tmp_path: Path) -> None:
     rows = [r[:-1] + str(i % 3) for i, r in enumerate(good_rows(30))]
-    with pytest.raises(EtlError, match="only binary classification"):
-        etl(make_config(tmp_path), run="r1", raw_data_path=write_csv(tmp_path, rows), raw_format="csv")
+    expected = (
+        r"target 'label' has 3 distinct values \(0, 1, 2\); task binary needs exactly two. Set task to multiclass"
+    )
+    with pytest.raises(EtlError, match=expected):
+        etl(make_config(tmp_path, task="binary"), run="r1", raw_data_path=write_csv(tmp_path, rows), raw_format="csv")
 
 
 def test_duplicates_in_different_chunks_are_dropped_keeping_the_first(tmp_path: Path) -> None:

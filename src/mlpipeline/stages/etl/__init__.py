@@ -1,27 +1,41 @@
-"""ETL stage: validate a raw snapshot against the declared schema, quarantine bad rows, clean, impute,
-dedupe, engineer features, and write Parquet plus a data profile under ``data/processed/<run>/``.
+"""ETL stage: validate a raw snapshot against the dataset schema, quarantine bad rows, clean, impute, dedupe,
+engineer features, and write Parquet plus a data profile under ``data/processed/<run>/``; decide what the data
+says (an ``auto`` task, a binary task's unset positive label, undeclared feature columns) and record it in the
+:class:`EtlResult`, from which :func:`resolved_config` gives the config every later stage runs on.
 
-The snapshot is processed in chunks of ``config.etl_chunk_rows`` rows, so memory stays bounded as the data grows
-(a few bytes per row are kept: a 64-bit row hash and the target bits):
+The feature columns are ``dataset_schema.columns``, or, when unset, inferred from the snapshot and frozen by
+:func:`mlpipeline.stages.schema.resolve_schema`; ``dataset_schema.exclude`` columns are never used. The snapshot is
+processed in chunks of ``config.etl_chunk_rows`` rows, so memory stays bounded as the data grows (a few bytes per
+row are kept: 64-bit row hashes):
 
 1. Pass 1 over the raw chunks (:mod:`.reading`, :mod:`.coerce`, :mod:`.hashing`, :mod:`.pass_one`): type every
    column (Arrow compute, with pandas for the rare values the fast paths do not cover), append bad rows with their
-   reason to ``quarantine.csv``, write the clean rows to a staging Parquet file, and hash each clean row.
-2. Dedupe over the whole dataset (:mod:`.dataset`): a row is kept if no earlier clean row has the same hash.
-3. Imputation statistics over the whole deduplicated dataset, one staged column at a time (:mod:`.dataset`).
-4. Pass 2 over the staged row groups (:mod:`.output`): drop duplicates, impute, final types, date parts ->
+   reason to ``quarantine.csv``, write the clean rows (the target as text) to a staging Parquet file, hash each
+   clean row and count the target's values.
+2. The task (:mod:`.target`): ``task``, or for ``auto`` decided by :func:`mlpipeline.tasks.decide_task` from the
+   clean target values; binary targets become 0/1 (1 = ``positive_label``, or when unset a 1 / true / yes label,
+   else the rarer class), multiclass targets keep their labels (int64 if all whole numbers, float64 if numbers,
+   else text), regression targets are float64.
+3. Dedupe over the whole dataset (:mod:`.dataset`): a row is kept if no earlier clean row has the same hash (the
+   target's value as the task writes it included).
+4. Imputation statistics over the whole deduplicated dataset, one staged column at a time (:mod:`.dataset`).
+5. Pass 2 over the staged row groups (:mod:`.output`): drop duplicates, impute, final types, date parts ->
    ``features.parquet``.
-5. The profile, one output column at a time (:mod:`.profiling`).
+6. The profile, one output column at a time (:mod:`.profiling`), with the task and the class counts (or the
+   target's range).
 
 :mod:`.stage` runs these steps. The result does not depend on the chunk size.
 
 Refused with a clear, non-retryable :class:`EtlError` (nothing is written under ``processed/<run>/``): a header
-naming a column twice; more than ``max_bad_row_fraction`` bad rows (the quarantine is kept for inspection); a
-``positive_label`` that never occurs, or only the positive class, among the clean rows; a declared column blank in
-more than ``max_missing_fraction`` of the clean rows; fewer than ``min_rows`` rows left. Quarantined, each with its
-reason: values longer than ``max_cell_chars``, values that do not parse or break the declared bounds, and
-non-finite numbers (``inf``; ``NaN`` spelled as a missing token counts as missing, as in pandas). The quarantine
-file holds at most ``max_quarantine_rows`` rows, each value cut to 1,000 characters; all bad rows are counted.
+naming a column twice; a schema that cannot be inferred; more than ``max_bad_row_fraction`` bad rows (the
+quarantine is kept for inspection); a target that does not make its task: a binary one with more than two
+classes, a ``positive_label`` that never occurs or only the positive class among the clean rows, a single class,
+more than :data:`mlpipeline.tasks.MAX_CLASSES` classes (an id or free text), a constant regression target; a
+declared column blank in more than ``max_missing_fraction`` of the clean rows; fewer than ``min_rows`` rows left.
+Quarantined, each with its reason: a missing target (for a regression also one that is not a finite number),
+values longer than ``max_cell_chars``, values that do not parse or break the declared bounds, and non-finite
+numbers (``inf``; ``NaN`` spelled as a missing token counts as missing, as in pandas). The quarantine file holds at
+most ``max_quarantine_rows`` rows, each value cut to 1,000 characters; all bad rows are counted.
 """
 
 from mlpipeline.stages.etl.coerce import PYTHON_WHITESPACE
@@ -34,6 +48,7 @@ from mlpipeline.stages.etl.result import (
     TARGET_LABEL_COLUMN,
     EtlError,
     EtlResult,
+    resolved_config,
 )
 from mlpipeline.stages.etl.stage import etl
 
@@ -49,4 +64,5 @@ __all__ = [
     "etl",
     "profile",
     "profile_parquet",
+    "resolved_config",
 ]

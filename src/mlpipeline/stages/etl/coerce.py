@@ -107,7 +107,7 @@ class Typed:
     reasons: list[str]
 
 
-def _flag(codes: np.ndarray, reasons: list[str], where: np.ndarray, reason: str) -> None:
+def flag(codes: np.ndarray, reasons: list[str], where: np.ndarray, reason: str) -> None:
     """Give rows that have no reason yet this one (the first failing check wins)."""
     reasons.append(reason)
     codes[where & (codes == 0)] = len(reasons)
@@ -122,37 +122,37 @@ def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
     if spec.type in ("numeric", "integer"):
         numbers = parse_numbers(text)
         finite_or_inf = ~np.isnan(numbers)
-        _flag(codes, reasons, present & ~finite_or_inf, f"{spec.name}: not a number")
+        flag(codes, reasons, present & ~finite_or_inf, f"{spec.name}: not a number")
         # inf, -inf, Infinity, 1e999: a number, but not one a model can learn from (NaN text counts as missing).
-        _flag(codes, reasons, np.isinf(numbers), f"{spec.name}: not a finite number")
+        flag(codes, reasons, np.isinf(numbers), f"{spec.name}: not a finite number")
         with np.errstate(invalid="ignore"):
             if spec.type == "integer":
-                _flag(codes, reasons, finite_or_inf & (numbers % 1 != 0), f"{spec.name}: not an integer")
+                flag(codes, reasons, finite_or_inf & (numbers % 1 != 0), f"{spec.name}: not an integer")
             if spec.min is not None:
-                _flag(codes, reasons, numbers < spec.min, f"{spec.name}: below minimum {spec.min:g}")
+                flag(codes, reasons, numbers < spec.min, f"{spec.name}: below minimum {spec.min:g}")
             if spec.max is not None:
-                _flag(codes, reasons, numbers > spec.max, f"{spec.name}: above maximum {spec.max:g}")
+                flag(codes, reasons, numbers > spec.max, f"{spec.name}: above maximum {spec.max:g}")
         values: pa.Array = pa.array(numbers)
     elif spec.type == "categorical":
         values = text
         if spec.categories is not None:
             known = mask(pc.is_in(text, value_set=pa.array(spec.categories, pa.string())))
-            _flag(codes, reasons, present & ~known, f"{spec.name}: unknown category")
+            flag(codes, reasons, present & ~known, f"{spec.name}: unknown category")
     elif spec.type == "boolean":
         lowered = pc.utf8_lower(text)
         is_true = mask(pc.is_in(lowered, value_set=pa.array(sorted(TRUE_TOKENS))))
         is_false = mask(pc.is_in(lowered, value_set=pa.array(sorted(FALSE_TOKENS))))
         values = pa.array(is_true, mask=~(is_true | is_false))
-        _flag(codes, reasons, present & ~(is_true | is_false), f"{spec.name}: not a boolean")
+        flag(codes, reasons, present & ~(is_true | is_false), f"{spec.name}: not a boolean")
     elif spec.type == "date":
         dates = _parse_dates(text)
         values = pa.array(dates, mask=np.isnat(dates))
-        _flag(codes, reasons, present & np.isnat(dates), f"{spec.name}: not an ISO date")
+        flag(codes, reasons, present & np.isnat(dates), f"{spec.name}: not an ISO date")
     else:  # pragma: no cover - the config type forbids other values
         raise EtlError(f"unsupported column type {spec.type!r}")
 
     if not spec.nullable:
-        _flag(codes, reasons, ~present, f"{spec.name}: missing value")
+        flag(codes, reasons, ~present, f"{spec.name}: missing value")
     return Typed(values, codes, reasons)
 
 
@@ -174,7 +174,7 @@ def check_lengths(raw: dict[str, pa.Array], names: list[str], max_chars: int) ->
         too_long = mask(pc.greater(pc.binary_length(column), max_chars))  # bytes >= characters: a cheap filter
         if too_long.any():
             too_long[too_long] = mask(pc.greater(pc.utf8_length(column.filter(pa.array(too_long))), max_chars))
-            _flag(codes, reasons, too_long, f"{name}: longer than max_cell_chars={max_chars}")
+            flag(codes, reasons, too_long, f"{name}: longer than max_cell_chars={max_chars}")
     return Typed(pa.nulls(0), codes, reasons)
 
 

@@ -1,5 +1,5 @@
-"""Whole-dataset decisions between the passes: which rows are positive, which are duplicates, and what each
-column's missing values are filled with (medians and modes over the whole deduplicated dataset)."""
+"""Whole-dataset decisions between the passes: which rows are duplicates, and what each column's missing values
+are filled with (medians and modes over the whole deduplicated dataset)."""
 
 from __future__ import annotations
 
@@ -13,64 +13,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema
-from mlpipeline.stages.etl.hashing import GOLDEN, U64, mix
-from mlpipeline.stages.etl.pass_one import MAX_DISTINCT_LABELS, PassOne
-from mlpipeline.stages.etl.result import EtlError
-
-_SHOWN_LABELS = 10
-_SHOWN_LABEL_CHARS = 50
+from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
+from mlpipeline.stages.etl.pass_one import PassOne
+from mlpipeline.stages.etl.target import TargetPlan
 
 
-def _labels_are_numbers(state: PassOne, schema: DatasetSchema) -> bool:
-    """Whether labels compare as numbers ("1" and "1.0" are the same label when every label is a number)."""
-    positive_number = pd.to_numeric(pd.Series([schema.positive_label]), errors="coerce").iloc[0]
-    return bool(pd.notna(positive_number)) and state.target_all_numeric
-
-
-def target_positive(state: PassOne, schema: DatasetSchema) -> np.ndarray:
-    """Which clean rows are positive; refuses a target that is not binary over the whole snapshot."""
-    as_numbers = _labels_are_numbers(state, schema)
-    distinct = list(state.numeric_labels if as_numbers else state.text_labels)
-    if len(distinct) > 2:
-        count = f"more than {MAX_DISTINCT_LABELS}" if len(distinct) > MAX_DISTINCT_LABELS else str(len(distinct))
-        raise EtlError(
-            f"target {schema.target!r} has {count} distinct values ({distinct[:5]}...); "
-            "only binary classification is supported"
-        )
-    parts = state.positive_if_numeric if as_numbers else state.positive_if_text
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-
-
-def refuse_missing_classes(state: PassOne, positive: np.ndarray, schema: DatasetSchema) -> None:
-    """Refuse clean rows that lack the positive class or the negative one: nothing a classifier could learn, and
-    a ``positive_label`` that never occurs is almost always a setting that does not match the source."""
-    if not positive.size or (positive.any() and not positive.all()):
-        return
-    labels = state.numeric_labels if _labels_are_numbers(state, schema) else state.text_labels
-    seen = [_shown(label) for label in list(labels)[:_SHOWN_LABELS]]
-    seen_text = ", ".join(seen) + (", ..." if len(labels) > _SHOWN_LABELS else "")
-    if not positive.any():
-        raise EtlError(
-            f"positive_label {schema.positive_label!r} never occurs in target {schema.target!r} (in {positive.size}"
-            f" clean rows); values seen: {seen_text}. Set dataset_schema.positive_label to the positive class"
-        )
-    raise EtlError(
-        f"target {schema.target!r} holds only the positive class {schema.positive_label!r} in all {positive.size}"
-        f" clean rows (values seen: {seen_text}); a classifier needs examples of both classes"
-    )
-
-
-def _shown(label: Any) -> str:
-    """A label in a message: numbers as written ("1", "0.5"), text quoted and cut short."""
-    if isinstance(label, (float, np.floating)):
-        return f"{float(label):g}"
-    return repr(str(label)[:_SHOWN_LABEL_CHARS])
-
-
-def first_occurrences(state: PassOne, positive: np.ndarray) -> np.ndarray:
-    """Keep-mask over the clean rows: the first of each group of identical rows (target included)."""
+def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan: TargetPlan) -> np.ndarray:
+    """Keep-mask over the clean rows: the first of each group of identical rows, the target's value included (as
+    the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
-    hashes = mix(hashes ^ (positive.astype(U64) * GOLDEN))
+    target_hashes = [
+        hash_values(
+            plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()), plan.hash_kind
+        )
+        for group in range(staging.num_row_groups)
+    ]
+    if target_hashes:
+        hashes = mix(hashes * GOLDEN + np.concatenate(target_hashes))
     return ~pd.Series(hashes, copy=False).duplicated(keep="first").to_numpy()
 
 
@@ -86,7 +45,7 @@ def row_groups(staging: pq.ParquetFile) -> Iterator[tuple[int, int, int]]:
 def fill_values(staging: pq.ParquetFile, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
     """What each column with missing values is filled with, over the whole deduplicated dataset."""
     fills: dict[str, Any] = {}
-    for spec in schema.columns:
+    for spec in schema.resolved_columns():
         if spec.name not in present:
             fill = _fill_for_absent(spec) if keep.any() else None
             if fill is not None:

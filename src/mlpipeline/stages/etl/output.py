@@ -17,24 +17,26 @@ from mlpipeline.features import add_date_parts
 from mlpipeline.stages.crawl import rechunk
 from mlpipeline.stages.etl.coerce import STAGED_TYPES
 from mlpipeline.stages.etl.dataset import row_groups
+from mlpipeline.stages.etl.target import TargetPlan
 
 _OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
 
 
 def _output_table(
     staged: pa.Table,
-    positive: np.ndarray,
+    plan: TargetPlan,
     schema: DatasetSchema,
     present: set[str],
     fills: dict[str, Any],
 ) -> pa.Table:
-    """Output rows from kept staged rows: the id, every declared column imputed, the 0/1 target, date parts."""
+    """Output rows from kept staged rows: the id, every feature column imputed, the target as the task writes it,
+    date parts."""
     rows = staged.num_rows
     columns: dict[str, pa.Array] = {}
     if schema.id_column and schema.id_column in present:
         columns[schema.id_column] = staged.column(schema.id_column).combine_chunks()
     dates: dict[str, Any] = {}
-    for spec in schema.columns:
+    for spec in schema.resolved_columns():
         if spec.name not in present and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
             dates[spec.name] = np.full(rows, np.nan)
             columns[spec.name] = pa.array(dates[spec.name], from_pandas=True)
@@ -46,7 +48,7 @@ def _output_table(
         columns[spec.name] = _imputed(values, spec, fills)
         if spec.type == "date":
             dates[spec.name] = columns[spec.name].to_numpy(zero_copy_only=False)
-    columns[schema.target] = pa.array(positive.astype(np.int64))
+    columns[schema.target] = plan.values(staged.column(schema.target).combine_chunks())
     if dates:
         parts = add_date_parts(pd.DataFrame(dates), list(dates))
         for name in parts.columns[len(dates) :]:
@@ -82,7 +84,7 @@ def write_features(
     staging_path: Path,
     target: Path,
     keep: np.ndarray,
-    positive: np.ndarray,
+    plan: TargetPlan,
     schema: DatasetSchema,
     present: set[str],
     fills: dict[str, Any],
@@ -93,7 +95,7 @@ def write_features(
     tables = (
         _output_table(
             staging.read_row_group(group).filter(pa.array(keep[start:end])),
-            positive[start:end][keep[start:end]],
+            plan,
             schema,
             present,
             fills,

@@ -1,5 +1,6 @@
 """Pass 1 over the raw chunks: type every column, append the bad rows with their reason to ``quarantine.csv``,
-write the clean rows to a staging Parquet file, and hash each clean row (for the dedupe across chunks)."""
+write the clean rows (their target as text) to a staging Parquet file, hash each clean row without its target
+(for the dedupe across chunks) and count the clean rows' target values (:class:`~.target.TargetStats`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from mlpipeline.stages.etl.coerce import (
     check_columns,
     check_lengths,
     coerce_column,
-    mask,
+    flag,
     missing,
     parse_numbers,
 )
@@ -35,8 +36,8 @@ from mlpipeline.stages.etl.reading import (
     refuse_duplicate_columns,
 )
 from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
+from mlpipeline.stages.etl.target import TargetStats
 
-MAX_DISTINCT_LABELS = 10_000  # a target with more distinct values is refused without listing them all
 _QUARANTINE_TOP_REASONS = 50
 # A quarantined value longer than this is cut (and marked): enough to see what is wrong with it, and the
 # quarantine file stays within max_quarantine_rows x columns x this many characters.
@@ -54,12 +55,8 @@ class PassOne:
     rows_quarantine_written: int = 0  # at most max_quarantine_rows of the rows_bad
     missing_counts: dict[str, int] = field(default_factory=dict)  # declared column -> clean rows without a value
     reason_counts: dict[str, int] = field(default_factory=dict)
-    hashes: list[np.ndarray] = field(default_factory=list)
-    positive_if_numeric: list[np.ndarray] = field(default_factory=list)
-    positive_if_text: list[np.ndarray] = field(default_factory=list)
-    target_all_numeric: bool = True
-    numeric_labels: dict[float, None] = field(default_factory=dict)
-    text_labels: dict[str, None] = field(default_factory=dict)
+    hashes: list[np.ndarray] = field(default_factory=list)  # of the clean rows, target not included
+    target: TargetStats = field(default_factory=TargetStats)
 
 
 def read_pass_one(raw_data_path: str, raw_format: str, config: PipelineConfig, tmp: Path) -> tuple[PassOne, set[str]]:
@@ -111,7 +108,8 @@ def _pass_one(
 
 def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> pq.ParquetWriter:
     fields = [pa.field(schema.id_column, pa.string())] if schema.id_column and schema.id_column in present else []
-    fields += [pa.field(c.name, STAGED_TYPES[c.type]) for c in schema.columns if c.name in present]
+    fields += [pa.field(c.name, STAGED_TYPES[c.type]) for c in schema.resolved_columns() if c.name in present]
+    fields.append(pa.field(schema.target, pa.string()))  # as text: the task decides its type after pass 1
     # A scratch file read back within this run: no time spent on compression, dictionaries or statistics.
     return pq.ParquetWriter(
         staging, pa.schema(fields), compression="none", use_dictionary=False, write_statistics=False
@@ -131,16 +129,16 @@ def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out
     raw = {name: chunk.column(name).combine_chunks() for name in chunk.column_names}
     used = [name for name in (schema.id_column, schema.target, *schema.feature_names) if name and name in raw]
     too_long = check_lengths(raw, used, config.max_cell_chars)
-    target, positive_if_numeric, positive_if_text = _target_chunk(raw[schema.target], schema, state)
+    target, numbers = _target_chunk(raw[schema.target], schema.target, config.task)
     # An optional column the source does not have is all missing: nothing to type or check.
-    typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.columns if spec.name in raw}
+    typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.resolved_columns() if spec.name in raw}
     bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
     good = ~bad
     for name, column in typed.items():
         state.missing_counts[name] = state.missing_counts.get(name, 0) + int((missing(column) & good).sum())
-    state.hashes.append(_stage_clean_rows(raw, typed, good, schema, writer))
-    state.positive_if_numeric.append(positive_if_numeric[good])
-    state.positive_if_text.append(positive_if_text[good])
+    clean_target = target.values.filter(pa.array(good))
+    state.hashes.append(_stage_clean_rows(raw, typed, good, schema, clean_target, writer))
+    state.target.add(clean_target, numbers[good])
 
 
 def _quarantine_bad_rows(
@@ -183,46 +181,43 @@ def _cut_long_values(rows: pa.Table) -> pa.Table:
 
 
 def _stage_clean_rows(
-    raw: dict[str, pa.Array], typed: dict[str, Typed], good: np.ndarray, schema: DatasetSchema, writer: Any
+    raw: dict[str, pa.Array],
+    typed: dict[str, Typed],
+    good: np.ndarray,
+    schema: DatasetSchema,
+    target: pa.Array,
+    writer: Any,
 ) -> np.ndarray:
-    """Write the chunk's clean rows to the staging file; returns their row hashes."""
+    """Write the chunk's clean rows to the staging file; returns their row hashes (the target is hashed once the
+    task says what its values are)."""
     keep = pa.array(good)
     staged: dict[str, pa.Array] = {}
     row_hash = np.zeros(int(good.sum()), dtype=U64)
     if schema.id_column and schema.id_column in raw:
         staged[schema.id_column] = as_text(raw[schema.id_column]).filter(keep)
         row_hash = mix(row_hash * GOLDEN + hash_values(staged[schema.id_column], "categorical"))
-    for spec in schema.columns:
+    for spec in schema.resolved_columns():
         if spec.name in typed:
             staged[spec.name] = typed[spec.name].values.filter(keep)
             row_hash = mix(row_hash * GOLDEN + hash_values(staged[spec.name], spec.type))
+    staged[schema.target] = target
     if len(row_hash):
         writer.write_table(pa.table(staged, schema=writer.schema))
     return row_hash
 
 
-def _remember_labels(labels: dict[Any, None], values: np.ndarray) -> None:
-    if len(labels) <= MAX_DISTINCT_LABELS:
-        for value in pd.unique(values)[: MAX_DISTINCT_LABELS + 1]:
-            labels.setdefault(value, None)
-
-
-def _target_chunk(raw: pa.Array, schema: DatasetSchema, state: PassOne) -> tuple[Typed, np.ndarray, np.ndarray]:
-    """The target's reason codes, plus whether each row is positive when labels compare as numbers / as text."""
+def _target_chunk(raw: pa.Array, target: str, task: str) -> tuple[Typed, np.ndarray]:
+    """The target as text with its reason codes (a missing one; for a regression also one that is not a finite
+    number: an ``auto`` task with such values is a classification), and its values as numbers (NaN: not one)."""
     text = as_text(raw)
     present = text.is_valid().to_numpy(zero_copy_only=False)
     numbers = parse_numbers(text)
-    numeric = ~np.isnan(numbers)
-    state.target_all_numeric &= bool(numeric[present].all())
-    _remember_labels(state.numeric_labels, numbers[numeric])
-    if len(state.text_labels) <= MAX_DISTINCT_LABELS:
-        for label in pc.unique(text.drop_null()).to_pylist()[: MAX_DISTINCT_LABELS + 1]:
-            state.text_labels.setdefault(label, None)
-    positive_number = pd.to_numeric(pd.Series([schema.positive_label]), errors="coerce").iloc[0]
-    positive_if_numeric = numbers == positive_number
-    positive_if_text = mask(pc.equal(text, schema.positive_label))
     codes = np.where(present, 0, 1).astype(np.uint8)
-    return Typed(text, codes, [f"{schema.target}: missing target"]), positive_if_numeric, positive_if_text
+    reasons = [f"{target}: missing target"]
+    if task == "regression":
+        flag(codes, reasons, np.isnan(numbers), f"{target}: not a number")
+        flag(codes, reasons, np.isinf(numbers), f"{target}: not a finite number")
+    return Typed(text, codes, reasons), numbers
 
 
 def _first_seen_counts(values: np.ndarray) -> dict[Any, int]:

@@ -23,11 +23,16 @@ def _frequencies(counts: pd.Series) -> dict[str, float]:
     return {str(k): round(float(v), 6) for k, v in proportions.items()}
 
 
-def _column_stats(series: pd.Series, kind: str) -> dict[str, Any]:
+def _counted(kind: str, task: str) -> bool:
+    """Whether a column is described by its values' frequencies (a regression target is a quantity)."""
+    return kind in ("categorical", "boolean") or (kind == "target" and task != "regression")
+
+
+def _column_stats(series: pd.Series, kind: str, task: str) -> dict[str, Any]:
     stats: dict[str, Any] = {"dtype": str(series.dtype), "missing": int(series.isna().sum()), "kind": kind}
     if kind == "date":
         stats.update(min=str(series.min()), max=str(series.max()))
-    elif pd.api.types.is_bool_dtype(series) or kind in ("categorical", "boolean", "target"):
+    elif pd.api.types.is_bool_dtype(series) or _counted(kind, task):
         counts = series.astype("string").value_counts(normalize=True).head(20)
         stats["frequencies"] = {str(k): round(float(v), 6) for k, v in counts.items()}
     elif pd.api.types.is_numeric_dtype(series):
@@ -41,35 +46,35 @@ def _kind(name: str, schema: DatasetSchema) -> str:
     return types.get(name, "target" if name == schema.target else "derived")
 
 
-def profile(frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, Any]:
+def profile(frame: pd.DataFrame, schema: DatasetSchema, task: str = "binary") -> dict[str, Any]:
     """Per-column statistics of a processed dataset (also the reference for drift monitoring)."""
-    columns = {name: _column_stats(frame[name], _kind(name, schema)) for name in frame.columns}
+    columns = {name: _column_stats(frame[name], _kind(name, schema), task) for name in frame.columns}
     return {"rows": len(frame), "columns": columns}
 
 
-def profile_parquet(path: Path, schema: DatasetSchema) -> dict[str, Any]:
+def profile_parquet(path: Path, schema: DatasetSchema, task: str = "binary") -> dict[str, Any]:
     """:func:`profile` of a processed Parquet file, reading one column at a time (the same numbers)."""
     data = pq.ParquetFile(path)
     columns: dict[str, Any] = {}
     for field_ in data.schema_arrow:
         name, kind = field_.name, _kind(field_.name, schema)
         text_like = pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
-        counted = text_like or pa.types.is_boolean(field_.type) or kind == "target"
+        counted = text_like or pa.types.is_boolean(field_.type) or _counted(kind, task)
         if not counted:  # numbers and dates: pandas on the whole column, exactly as profile() computes them
             series = data.read(columns=[name]).column(0).to_pandas()
-            columns[name] = _column_stats(series, kind)
+            columns[name] = _column_stats(series, kind, task)
             continue
         missing = 0
         counts: dict[Any, int] = {}
         for group in range(data.num_row_groups):
             values = data.read_row_group(group, columns=[name]).column(0)
             missing += values.null_count
-            if kind in ("categorical", "boolean", "target") or pa.types.is_boolean(field_.type):
+            if _counted(kind, task) or pa.types.is_boolean(field_.type):
                 for item in pc.value_counts(values.drop_null()).to_pylist():
                     counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
         dtype = _ARROW_TO_PANDAS_DTYPE.get(str(field_.type), str(field_.type))
         stats: dict[str, Any] = {"dtype": dtype, "missing": missing, "kind": kind}
-        if kind in ("categorical", "boolean", "target") or pa.types.is_boolean(field_.type):
+        if _counted(kind, task) or pa.types.is_boolean(field_.type):
             stats["frequencies"] = _frequencies(pd.Series(list(counts.values()), index=[str(k) for k in counts]))
         columns[name] = stats
     return {"rows": data.metadata.num_rows, "columns": columns}

@@ -1,4 +1,5 @@
-"""The ETL stage: pass 1, the whole-dataset decisions, pass 2 and the profile, as named steps."""
+"""The ETL stage: the schema, pass 1, the whole-dataset decisions (the task among them), pass 2 and the profile,
+as named steps."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
-from mlpipeline.stages.etl.dataset import fill_values, first_occurrences, refuse_missing_classes, target_positive
+from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
 from mlpipeline.stages.etl.output import write_features
 from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
@@ -25,6 +27,7 @@ from mlpipeline.stages.etl.result import (
     EtlError,
     EtlResult,
 )
+from mlpipeline.stages.etl.target import TargetPlan, plan_target
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str) -> EtlResult:
     """Turn the raw snapshot at ``raw_data_path`` into ``data/processed/<run>/``.
 
+    The feature columns are ``dataset_schema.columns``, or inferred (and frozen) by
+    :func:`mlpipeline.stages.schema.resolve_schema`; an ``auto`` task is decided from the target's clean values
+    (:func:`~mlpipeline.stages.etl.target.plan_target`). The result records both (see :func:`resolved_config`).
     Idempotent: a completed output for this run is returned as it is.
     """
     out_dir = Path(DataLayout.of(config.data_dir).processed(run))
@@ -40,22 +46,57 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         return EtlResult(**read_json(out_dir / RECORD_FILE))
 
     started = time.perf_counter()
-    schema = config.dataset_schema
+    schema, excluded = _resolve_schema(config, raw_data_path, raw_format)
+    config = config.model_copy(update={"dataset_schema": schema})  # pass 1 reads the columns from the config
     with atomic_directory(out_dir) as tmp:
         # The quarantine is written even when the run fails below, so the bad rows can be inspected.
         state, present = _validate_and_stage(config, raw_data_path, raw_format, tmp)
-        positive = target_positive(state, schema)
         _refuse_too_many_bad_rows(
             config, state, tmp / QUARANTINE_FILE, out_dir.parent / f"{run}.rejected-{QUARANTINE_FILE}"
         )
-        refuse_missing_classes(state, positive, schema)
+        plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
-        keep = _dedupe(config, state, positive)
-        fills = _impute_and_write(tmp, keep, positive, schema, present)
-        _write_profile(tmp, schema, state, keep, fills)
-        result = _result(out_dir, tmp, state, keep, started)
+        keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
+        fills = _impute_and_write(tmp, keep, plan, schema, present)
+        target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
+        _write_profile(tmp, schema, state, keep, fills, target)
+        if plan.positive_label is not None:
+            schema = schema.model_copy(update={"positive_label": plan.positive_label})
+        excluded = excluded or _not_features(state.columns, schema)
+        result = _result(out_dir, tmp, state, keep, started, plan, classes, schema, excluded)
         (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    log.info("target %r: %s task, %s", schema.target, plan.task, {k: v for k, v in target.items() if k != "name"})
     return result
+
+
+def _resolve_schema(
+    config: PipelineConfig, raw_data_path: str, raw_format: str
+) -> tuple[DatasetSchema, dict[str, str]]:
+    """The declared schema, or the one inferred from (or frozen for) this source; and why columns are left out."""
+    schema, excluded = config.dataset_schema, {}
+    if not schema.is_resolved:
+        # Imported only when the columns are to be inferred: declared columns need nothing from it.
+        from mlpipeline.stages.schema import SchemaError, resolve_schema
+
+        try:
+            schema, excluded = resolve_schema(config, raw_data_path, raw_format)
+        except SchemaError as exc:
+            raise EtlError(f"cannot infer the dataset schema: {exc}") from exc
+    if schema.id_column is not None and schema.id_column == schema.target:
+        raise EtlError(f"dataset_schema: the target {schema.target!r} is also the id_column")
+    return schema, excluded
+
+
+def _not_features(columns: list[str], schema: DatasetSchema) -> dict[str, str]:
+    """Why each source column that is not a declared feature is not one."""
+    roles = {schema.target: "the target", **({schema.id_column: "the id column"} if schema.id_column else {})}
+    features, exclude = set(schema.feature_names), set(schema.exclude)
+    return {
+        name: roles.get(name)
+        or ("listed in dataset_schema.exclude" if name in exclude else "not in dataset_schema.columns")
+        for name in columns
+        if name not in features
+    }
 
 
 def _validate_and_stage(
@@ -108,9 +149,9 @@ def _refuse_mostly_missing_columns(config: PipelineConfig, state: PassOne) -> No
         )
 
 
-def _dedupe(config: PipelineConfig, state: PassOne, positive: np.ndarray) -> np.ndarray:
+def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetPlan) -> np.ndarray:
     """Keep-mask over the clean rows without duplicates; refuses fewer than ``min_rows`` kept rows."""
-    keep = first_occurrences(state, positive)
+    keep = first_occurrences(state, pq.ParquetFile(staging), config.dataset_schema.target, plan)
     state.hashes.clear()  # the largest per-row arrays: not needed any more
     rows_out = int(keep.sum())
     if rows_out < config.min_rows:
@@ -119,19 +160,43 @@ def _dedupe(config: PipelineConfig, state: PassOne, positive: np.ndarray) -> np.
 
 
 def _impute_and_write(
-    tmp: Path, keep: np.ndarray, positive: np.ndarray, schema: DatasetSchema, present: set[str]
+    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str]
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
     fills = fill_values(pq.ParquetFile(staging_path), keep, schema, present)
-    write_features(staging_path, tmp / FEATURES_FILE, keep, positive, schema, present, fills)
+    write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
     return fills
 
 
-def _write_profile(tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any]) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema)
+def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict[str, Any], list[Any]]:
+    """For the profile: the task and, over the output rows, each class's count (classification) or the target's
+    range (regression). Also the classes as the output holds them, sorted ([] for a regression)."""
+    data = pq.ParquetFile(features)
+    summary: dict[str, Any] = {"name": target, "task": plan.task}
+    if plan.task == "regression":
+        values = data.read(columns=[target]).column(0)
+        low_high = pc.min_max(values).as_py()
+        return {**summary, "min": low_high["min"], "mean": pc.mean(values).as_py(), "max": low_high["max"]}, []
+    counts: dict[Any, int] = {}
+    for group in range(data.num_row_groups):
+        for item in pc.value_counts(data.read_row_group(group, columns=[target]).column(0)).to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    classes = sorted(counts)
+    summary["classes"] = {str(label): counts[label] for label in classes}
+    if plan.task == "binary":
+        summary.update(positive_label=plan.positive_label, positive_label_from=plan.positive_from)
+    return summary, classes
+
+
+def _write_profile(
+    tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any], target: dict[str, Any]
+) -> None:
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"])
     data_profile.update(
+        task=target["task"],
+        target=target,
         rows_in=state.rows_in,
         rows_quarantined=state.rows_bad,
         duplicates_dropped=len(keep) - int(keep.sum()),
@@ -149,7 +214,17 @@ def _write_profile(tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.nd
     (tmp / PROFILE_FILE).write_text(json.dumps(data_profile, indent=2, default=str))
 
 
-def _result(out_dir: Path, tmp: Path, state: PassOne, keep: np.ndarray, started: float) -> EtlResult:
+def _result(
+    out_dir: Path,
+    tmp: Path,
+    state: PassOne,
+    keep: np.ndarray,
+    started: float,
+    plan: TargetPlan,
+    classes: list[Any],
+    schema: DatasetSchema,
+    excluded: dict[str, str],
+) -> EtlResult:
     rows_out = int(keep.sum())
     return EtlResult(
         processed_dir=str(out_dir),
@@ -163,4 +238,9 @@ def _result(out_dir: Path, tmp: Path, state: PassOne, keep: np.ndarray, started:
         bad_row_fraction=round(state.rows_bad / state.rows_in, 6),
         data_sha256=sha256_file(tmp / FEATURES_FILE),
         seconds=round(time.perf_counter() - started, 3),
+        task=plan.task,
+        classes=classes,
+        positive_label=plan.positive_label,
+        schema=schema.model_dump(mode="json"),
+        excluded=excluded,
     )
