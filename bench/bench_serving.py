@@ -8,6 +8,9 @@ Measured: sequential single-row latency on one keep-alive connection; throughput
 connections (a multi-process ``http.client`` load generator, identical for both servers); batch latency for 100 and
 1,000 rows; the in-process floor (our server's code path without HTTP, and a bare ``predict_proba``); and a champion
 swap (new version registered, alias moved, picked up by polling and by POST /reload) under the 16-connection load.
+Then a multiclass model (the raw Palmer penguins data, columns inferred by the ETL: numbers, categories, a date,
+missing values; 3 species), single-row and batch latency against MLflow the same way: it answers a probability per
+class, where the binary model answers one.
 
 This module is imported by the load-generator child processes (spawned): keep its top-level imports light.
 """
@@ -42,6 +45,7 @@ from mlpipeline.dev.localstack import free_port
 
 MODEL_NAME = "churn_classifier"
 ALIAS = "champion"
+MULTICLASS_DATASET = "penguins"  # mlpipeline.dev.public_datasets: shipped by the palmerpenguins package
 DATASET_ROWS = 5000  # the demo data source's default size
 CONNECTIONS = 16
 LOAD_PROCESSES = 4  # 16 connections = 4 processes x 4 threads: the client is not held back by one GIL
@@ -354,39 +358,52 @@ def sequential_latencies(host: str, port: int, path: str, bodies: Sequence[bytes
 class Store:
     root: Path
     tracking_uri: str
+    model_name: str
     champion_version: str
-    challenger_model_uri: str  # logged by a second training run, registered only during the swap
+    challenger_model_uri: str | None  # logged by a second training run, registered only during the swap
     rows: list[dict[str, Any]]  # held-out feature rows, JSON-ready
     columns: list[str]
     train_seconds: float
+    task: str
+    classes: int  # 0 for a regression
 
 
-def build_store(root: Path) -> Store:
-    """Default churn data -> ETL -> train() (x2, different seeds) in a fresh sqlite registry; version 1 = champion."""
+def build_store(root: Path, dataset: str | None = None) -> Store:
+    """Default churn data (or a public ``dataset``, its target given, its columns inferred) -> ETL -> train() in a
+    fresh sqlite registry; version 1 = champion. The churn model also gets a challenger (another seed) for the
+    swap."""
     import mlflow
     from threadpoolctl import threadpool_limits
 
     from mlpipeline.config import build_config
+    from mlpipeline.dev import public_datasets
     from mlpipeline.dev.datasource import generate_churn_dataset, to_csv_bytes
     from mlpipeline.integrity import SIGNING_KEY_ENV
     from mlpipeline.payload import json_rows
-    from mlpipeline.stages.etl import etl
+    from mlpipeline.stages.etl import etl, resolved_config
     from mlpipeline.stages.train import load_holdout, train
 
     # train() signs the models it logs and our server verifies them: a throw-away key for this throw-away registry,
     # inherited by the servers started below (a deployment's is in .env).
     os.environ.setdefault(SIGNING_KEY_ENV, secrets.token_hex(32))
-    settings = {
+    root.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
         "data_dir": str(root / "data"),
         "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "mlflow_artifact_location": str(root / "artifacts"),
-        "registered_model_name": MODEL_NAME,
+        "registered_model_name": MODEL_NAME if dataset is None else f"{dataset}_classifier",
         "champion_alias": ALIAS,
     }
-    config = build_config(settings)
     raw = root / "raw.csv"
-    raw.write_bytes(to_csv_bytes(generate_churn_dataset(DATASET_ROWS)))
-    processed = etl(config, run="bench", raw_data_path=str(raw), raw_format="csv")
+    if dataset is None:
+        raw.write_bytes(to_csv_bytes(generate_churn_dataset(DATASET_ROWS)))
+    else:
+        raw.write_bytes(public_datasets.get(dataset).csv_bytes())
+        settings["dataset_schema"] = {"target": public_datasets.get(dataset).target}
+    declared = build_config(settings)
+    processed = etl(declared, run="bench", raw_data_path=str(raw), raw_format="csv")
+    config = resolved_config(declared, processed)
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri)
     # One OpenMP thread: on a busy 2-core machine, HistGradientBoosting's threads spin against each other and the
     # fit takes ~10x longer. The fitted model is the same either way.
     with threadpool_limits(limits=1):
@@ -395,25 +412,30 @@ def build_store(root: Path) -> Store:
             config, run="champion", processed_data_path=processed.data_path, data_sha256=processed.data_sha256
         )
         train_seconds = time.perf_counter() - started
-        challenger = train(
-            build_config(settings, {"random_state": 43}),
-            run="challenger",
-            processed_data_path=processed.data_path,
-            data_sha256=processed.data_sha256,
-        )
-    version = str(mlflow.register_model(champion.model_uri, MODEL_NAME).version)
-    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, ALIAS, version)
+        challenger = None
+        if dataset is None:
+            challenger = train(
+                config.model_copy(update={"random_state": 43}),
+                run="challenger",
+                processed_data_path=processed.data_path,
+                data_sha256=processed.data_sha256,
+            )
+    version = str(mlflow.register_model(champion.model_uri, config.registered_model_name).version)
+    mlflow.MlflowClient().set_registered_model_alias(config.registered_model_name, ALIAS, version)
     features, _ = load_holdout(champion.holdout_path, config.dataset_schema)
     rows = json_rows(features.head(max(BATCH_SIZES)))
     return Store(
         root=root,
         tracking_uri=config.mlflow_tracking_uri,
+        model_name=config.registered_model_name,
         champion_version=version,
-        challenger_model_uri=challenger.model_uri,
-        # The holdout has ~990 rows: cycle it to fill the largest batch.
+        challenger_model_uri=None if challenger is None else challenger.model_uri,
+        # The holdout has ~990 churn rows (69 penguins): cycle it to fill the largest batch.
         rows=[rows[i % len(rows)] for i in range(max(BATCH_SIZES))],
         columns=list(features.columns),
         train_seconds=train_seconds,
+        task=config.task,
+        classes=len(getattr(processed, "classes", None) or []),
     )
 
 
@@ -513,7 +535,7 @@ def start_ours(store: Store) -> Server:
         "ours",
         [
             *(PYTHON, "-m", "mlpipeline.serving", "--port", str(port), "--poll-seconds", str(POLL_SECONDS)),
-            *("--model-name", MODEL_NAME, "--alias", ALIAS, "--log-level", "warning"),
+            *("--model-name", store.model_name, "--alias", ALIAS, "--log-level", "warning"),
         ],
     )
     return Server("ours", process, "127.0.0.1", port, "/predict", log_path, ours_body)
@@ -525,7 +547,7 @@ def start_mlflow(store: Store) -> Server:
         store,
         "mlflow",
         [
-            *(str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@{ALIAS}"),
+            *(str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{store.model_name}@{ALIAS}"),
             *("--env-manager", "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port)),
         ],
     )
@@ -716,9 +738,67 @@ def measure_swap(ours: Server, store: Store, plan: Plan) -> dict[str, Any]:
     return {"load": result.to_dict(), "events": events, "champion": store.champion_version}
 
 
+def measure_multiclass(root: Path, plan: Plan) -> dict[str, Any]:
+    """A multiclass model on real, messy data: the answers' shape, then single-row and batch latency vs MLflow."""
+    store = build_store(root, MULTICLASS_DATASET)
+    with running_servers(store) as (ours, mlflow_server):
+        batch = store.rows[:100]
+        status, data = ours.post(ours.predict_path, ours.encode(batch))
+        answer = json.loads(data) if status == 200 else {}
+        first = (answer.get("probabilities") or [None])[0]
+        if not (isinstance(first, dict) and len(first) == store.classes == len(answer.get("classes", []))):
+            raise RuntimeError(f"not a probability per class from our server: HTTP {status} {data[:300]!r}")
+        if answer["predictions"] != _labels(mlflow_server, mlflow_server.encode(batch)):
+            raise RuntimeError("the two servers disagree on the labels of the same rows: not the same model?")
+        status, data = ours.get("/model")
+        fast_path = json.loads(data).get("fast_path") if status == 200 else None
+        return {
+            "dataset": MULTICLASS_DATASET,
+            "classes": store.classes,
+            "features": len(store.columns),
+            "train_seconds": store.train_seconds,
+            "fast_path": fast_path,
+            "latency": measure_latency((ours, mlflow_server), store, plan),
+            "batches": measure_batches((ours, mlflow_server), store, plan),
+        }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------------------------
+
+
+def render_multiclass(multiclass: dict[str, Any], plan: Plan) -> str:
+    latency, batches = multiclass["latency"], multiclass["batches"]
+    rows = [
+        [
+            f"single row {q} ({plan.latency_requests:,} sequential requests, {plan.latency_rounds} rounds)",
+            _ms(latency["ours"][q]),
+            _ms(latency["mlflow"][q]),
+            f"{ratio(latency['ours'][q], latency['mlflow'][q]):.2f}x",
+        ]
+        for q in ("p50", "p99")
+    ]
+    rows += [
+        [
+            f"batch of {size:,} rows, p50",
+            _ms(batches["ours"][size]),
+            _ms(batches["mlflow"][size]),
+            f"{ratio(batches['ours'][size], batches['mlflow'][size]):.2f}x",
+        ]
+        for size in BATCH_SIZES
+    ]
+    fast = multiclass.get("fast_path") or {}
+    fast_text = "on" if fast.get("active") else f"off ({fast.get('reason', 'unknown')}): every request uses sklearn"
+    intro = (
+        f"**Multiclass**: the raw Palmer penguins data ({multiclass['features']} feature columns inferred by the ETL "
+        f"from `penguins-raw.csv`: measurements, categories, a date, missing values; {multiclass['classes']} "
+        f"species), hist_gradient_boosting (training took {multiclass['train_seconds']:.1f} s), the same two "
+        "servers and rounds as above. Ours answers the label and a probability per species "
+        '(`{"Adelie Penguin (Pygoscelis adeliae)": 0.98, ...}`), MLflow the label; the labels agree. '
+        f"Our numpy fast path: {fast_text}."
+    )
+    return "\n\n".join([intro, markdown_table(["", "ours", "MLflow", "ours / MLflow"], rows)])
 
 
 def _ms(value: Stats) -> str:
@@ -882,7 +962,8 @@ def run(quick: bool) -> Section:
             results["batches"] = measure_batches(servers, store, plan)
             results["floor"] = measure_floor(store, plan)
             results["swap"] = measure_swap(ours, store, plan)
-    markdown = render(results, plan)
+        results["multiclass"] = measure_multiclass(Path(tmp) / "multiclass", plan)
+    markdown = render(results, plan) + "\n\n" + render_multiclass(results["multiclass"], plan)
     return Section(name="serving", markdown=markdown, data=jsonable(results))
 
 
