@@ -97,7 +97,11 @@ def test_drift_report_explains_each_alert() -> None:
         "drifted_features",
         "max_psi",
         "features",
+        "task",
+        "target",
+        "predictions",
     ]
+    assert record["task"] is None and record["target"] is None and record["predictions"] is None  # no task given
     assert record["features"]["contract"] == shifted.features["contract"].to_dict()
 
     partial = DriftReport.measure(

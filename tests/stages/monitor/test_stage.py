@@ -34,6 +34,9 @@ SUMMARY_KEYS = [
     "failures",
     "drifted_features",
     "max_psi",
+    "task",
+    "target_drifted",
+    "predictions_drifted",
     "report_path",
     "alerts",
     "notes",
@@ -96,6 +99,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "drifted": mf.make_frame(2000, seed=3, shift=1.0),
         # As the train stage writes it: booleans as 0/1 floats.
         "holdout": mf.make_frame(HOLDOUT_ROWS, seed=5).astype({"paperless_billing": "float64"}),
+        "drifted_holdout": mf.make_frame(HOLDOUT_ROWS, seed=6, shift=1.0).astype({"paperless_billing": "float64"}),
     }
     paths = {}
     for name, frame in frames.items():
@@ -116,16 +120,19 @@ def _config(reg: Registry, tmp_path: Path, serving_url: str, **overrides: Any) -
         "monitor_requests": HOLDOUT_ROWS,
         "monitor_latency_budget_ms": 2000,
     }
-    return PipelineConfig(**{**settings, **overrides})
+    config = PipelineConfig(**{**settings, **overrides})
+    return config.resolved("binary", SCHEMA)  # as the ETL leaves it for the stages after it
 
 
-def _run_monitor(config: PipelineConfig, data: dict[str, str], current: str = "current", **kwargs: Any) -> Any:
+def _run_monitor(
+    config: PipelineConfig, data: dict[str, str], current: str = "current", holdout: str = "holdout", **kwargs: Any
+) -> Any:
     return monitor(
         config,
         run=RUN,
         current_path=data[current],
         reference_path=data["reference"],
-        holdout_path=data["holdout"],
+        holdout_path=data[holdout],
         **kwargs,
     )
 
@@ -157,6 +164,8 @@ def test_monitor_healthy_endpoint_end_to_end(
     json.dumps(payload, allow_nan=False)  # an XCom value: strict JSON
     assert list(payload) == SUMMARY_KEYS
     assert payload["drifted_features"] == [] and payload["alerts"] == []
+    assert payload["task"] == "binary"
+    assert payload["target_drifted"] is False and payload["predictions_drifted"] is False
 
     report = _report(config)
     record = result.to_record()
@@ -166,6 +175,12 @@ def test_monitor_healthy_endpoint_end_to_end(
     assert report["healthy"] is True and report["live"]["batch"]["ok"] is True
     assert report["live"]["batch"]["disagreements"] == 0
     assert set(report["drift"]["features"]) == set(FEATURES)
+    assert report["drift"]["target"]["column"] == TARGET and report["drift"]["target"]["kind"] == "categorical"
+    predictions = report["drift"]["predictions"]
+    assert predictions["kind"] == "categorical" and set(predictions["class_shares"]) <= {"0", "1"}
+    assert predictions["note"] == (
+        f"version {champion.version} of {MODEL_NAME!r} predicted on 2000 reference and {HOLDOUT_ROWS} current rows"
+    )
     assert result.report_path == str(Path(config.data_dir).resolve() / "runs" / run_key(RUN) / "monitor.json")
 
     experiment = reg.client.get_experiment_by_name("ml_pipeline_monitoring")
@@ -178,6 +193,8 @@ def test_monitor_healthy_endpoint_end_to_end(
     assert mlflow_run.data.metrics["failures"] == 0.0
     assert mlflow_run.data.metrics["live_accuracy"] == pytest.approx(offline)
     assert "psi.monthly_charges" in mlflow_run.data.metrics
+    assert mlflow_run.data.metrics["target_drifted"] == 0.0 and "predictions_psi" in mlflow_run.data.metrics
+    assert mlflow_run.data.params["task"] == "binary"
     artifacts = {a.path for a in reg.client.list_artifacts(result.mlflow_run_id)}
     assert {"drift_report.json", "monitor_report.json"} <= artifacts
 
@@ -194,6 +211,16 @@ def test_drifted_data_adds_alerts_naming_the_features(
         assert any(f"'{feature}'" in alert and "PSI" in alert for alert in result.alerts), result.alerts
     assert not any("'region'" in alert for alert in result.alerts)
     assert _report(config)["drift"]["drifted_features"] == list(result.drifted_features)
+
+
+def test_predictions_on_drifted_held_out_rows_add_an_alert(
+    reg: Registry, champion: LoggedModel, server_url: str, data: dict[str, str], tmp_path: Path
+) -> None:
+    config = _config(reg, tmp_path, server_url)
+    result = _run_monitor(config, data, holdout="drifted_holdout", expected_version=champion.version)
+    assert result.healthy and result.drifted_features == ()  # the training data did not move, its model's input did
+    assert result.predictions_drifted is True and result.to_dict()["predictions_drifted"] is True
+    assert any(a.startswith("drift in the deployed model's predictions (class mix): PSI") for a in result.alerts)
 
 
 def test_endpoint_down_raises_after_writing_the_report(reg: Registry, data: dict[str, str], tmp_path: Path) -> None:

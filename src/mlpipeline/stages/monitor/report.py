@@ -1,4 +1,5 @@
-"""The monitor stage's typed report: live checks and drift, alerts, where it was recorded.
+"""The monitor stage's typed report: live checks and drift (features, target, predictions), alerts, where it was
+recorded.
 
 :meth:`MonitorReport.to_dict` is the small summary that travels as an XCom value and fills the emails;
 :meth:`MonitorReport.to_record` is the full report written to ``runs/<run>/monitor.json`` and logged to MLflow.
@@ -80,6 +81,14 @@ class MonitorReport:
         return _rounded(self.drift.max_psi, 6)
 
     @property
+    def target_drifted(self) -> bool | None:
+        return self.drift.target_drifted
+
+    @property
+    def predictions_drifted(self) -> bool | None:
+        return self.drift.predictions_drifted
+
+    @property
     def mlflow_run_id(self) -> str | None:
         return self.mlflow.run_id
 
@@ -96,6 +105,9 @@ class MonitorReport:
             "failures": self.failures,
             "drifted_features": list(self.drifted_features),
             "max_psi": finite_or_none(self.max_psi),
+            "task": self.drift.task,
+            "target_drifted": self.target_drifted,  # None: not compared
+            "predictions_drifted": self.predictions_drifted,
             "report_path": self.report_path,
             "alerts": list(self.alerts),
             "notes": list(self.live.notes),

@@ -1,4 +1,5 @@
-"""The monitor stage: probe the live endpoint, measure drift, record both, fail on ill health."""
+"""The monitor stage: probe the live endpoint, measure drift (the features, the target and the deployed model's
+predictions, compared as the task says), record both, fail on ill health."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from dataclasses import replace
 import pandas as pd
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
-from mlpipeline.stages.monitor.drift import DriftReport
+from mlpipeline.stages.monitor.drift import DriftReport, FeatureDrift, outcome_kind, prediction_drift
 from mlpipeline.stages.monitor.live import LiveChecks, probe_endpoint
 from mlpipeline.stages.monitor.report import REPORT_FILE, MlflowRecord, MonitorError, MonitorReport
 from mlpipeline.stages.monitor.tracking import record_to_mlflow
 from mlpipeline.storage import DataLayout, atomic_write_json, run_key
+from mlpipeline.tasks import decide_task
 
 
 def monitor(
@@ -37,7 +39,7 @@ def monitor(
     live = LiveChecks(latency_budget_ms=config.monitor_latency_budget_ms)
     expected = _version_to_expect(config, None if expected_version is None else str(expected_version), live)
     probe_endpoint(config, holdout, expected, live)
-    drift = _measure_drift(config, reference_path, current_path, monitoring_errors)
+    drift = _measure_drift(config, reference_path, current_path, holdout, expected, monitoring_errors)
 
     report = MonitorReport(
         run=key,
@@ -106,22 +108,92 @@ def _superseded_by(config: PipelineConfig, expected_version: str | None) -> str 
 
 
 def _measure_drift(
-    config: PipelineConfig, reference_path: str, current_path: str, monitoring_errors: list[str]
+    config: PipelineConfig,
+    reference_path: str,
+    current_path: str,
+    holdout: pd.DataFrame | None,
+    deployed_version: str | None,
+    monitoring_errors: list[str],
 ) -> DriftReport:
-    """Drift of every declared feature; an empty report (and an error noted) when the data cannot be read."""
+    """Drift of every declared feature, the target and the deployed model's predictions; an empty report (and an
+    error noted) when the data cannot be read."""
+    thresholds = {"psi_threshold": config.drift_psi_threshold, "ks_pvalue": config.drift_ks_pvalue}
     try:
-        return DriftReport.measure(
-            _read(reference_path, "reference"),
-            _read(current_path, "current"),
+        reference, current = _read(reference_path, "reference"), _read(current_path, "current")
+        task = task_of(config, current)
+        drift = DriftReport.measure(
+            reference,
+            current,
             config.dataset_schema,
-            psi_threshold=config.drift_psi_threshold,
-            ks_pvalue=config.drift_ks_pvalue,
+            **thresholds,
             reference_path=reference_path,
             current_path=current_path,
+            task=task,
         )
     except ValueError as exc:
         monitoring_errors.append(f"drift could not be computed: {exc}")
-        return DriftReport(reference_path, current_path, config.drift_psi_threshold, config.drift_ks_pvalue)
+        declared = None if config.task == "auto" else config.task
+        return DriftReport(
+            reference_path, current_path, config.drift_psi_threshold, config.drift_ks_pvalue, task=declared
+        )
+    if task is None:
+        return drift
+    return drift.with_predictions(
+        _prediction_drift(config, task, reference, holdout, deployed_version, monitoring_errors)
+    )
+
+
+def task_of(config: PipelineConfig, current: pd.DataFrame) -> str | None:
+    """The config's task; for an unresolved config (``auto``), what the ETL would decide from the current target
+    column (None: no target column to decide from)."""
+    if config.task != "auto":
+        return config.task
+    target = config.dataset_schema.target
+    if target not in current:
+        return None
+    values = current[target].dropna()
+    numbers = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_bool_dtype(values) else None
+    numeric = numbers is not None and bool(numbers.notna().all())
+    integral = numeric and bool((numbers % 1 == 0).all())
+    return decide_task(numeric=numeric, integral=integral, distinct=int(values.nunique()))
+
+
+def _prediction_drift(
+    config: PipelineConfig,
+    task: str,
+    reference: pd.DataFrame,
+    holdout: pd.DataFrame | None,
+    version: str | None,
+    monitoring_errors: list[str],
+) -> FeatureDrift:
+    """The deployed model's (``version``, else the champion's) predictions on the reference rows vs the held-out
+    rows; not compared, and a monitoring error noted, when the model cannot be loaded."""
+    from mlpipeline.registry import champion_version, load_sklearn_model, use_tracking
+
+    kind, name = outcome_kind(task), config.registered_model_name
+    if holdout is None:  # why is noted already
+        return FeatureDrift(kind, note="no held-out rows to predict on")
+    try:
+        if version is None:
+            champion = champion_version(use_tracking(config), config)
+            if champion is None:
+                return FeatureDrift(kind, note=f"no {config.champion_alias!r} version of {name!r} to predict with")
+            version = str(champion.version)
+        model = load_sklearn_model(f"models:/{name}/{version}", tracking_uri=config.mlflow_tracking_uri)
+    except Exception as exc:  # MLflow unreachable, a refused model: monitoring could not do this part of its job
+        why = f"version {version} of {name!r} could not be loaded: {type(exc).__name__}: {exc}"
+        monitoring_errors.append(f"prediction drift could not be computed: {why}")
+        return FeatureDrift(kind, note=why)
+    return prediction_drift(
+        model,
+        reference,
+        holdout,
+        config.dataset_schema,
+        task,
+        psi_threshold=config.drift_psi_threshold,
+        ks_pvalue=config.drift_ks_pvalue,
+        model_label=f"version {version} of {name!r}",
+    )
 
 
 def _recorded_to_mlflow(config: PipelineConfig, report: MonitorReport) -> MonitorReport:

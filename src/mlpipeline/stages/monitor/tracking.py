@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import time
 from typing import TYPE_CHECKING
@@ -12,6 +13,10 @@ from mlpipeline.stages.monitor.report import MonitorReport
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
+
+_UNSAFE_IN_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+# MLflow keys are at most 250 characters: room for the prefix and a de-duplicating suffix.
+_MAX_NAME_CHARS = 200
 
 
 def record_to_mlflow(config: PipelineConfig, report: MonitorReport) -> str:
@@ -61,13 +66,40 @@ def _metrics(report: MonitorReport) -> list[Metric]:
         "max_psi": drift.max_psi,
         "drifted_features": float(len(drift.drifted_features)),
     }
-    for name, feature in drift.features.items():
-        # MLflow metric names allow only letters, digits and _-. /; column names may hold anything.
-        safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+    for prefix, outcome, drifted in (
+        ("target", drift.target, drift.target_drifted),
+        ("predictions", drift.predictions, drift.predictions_drifted),
+    ):
+        if outcome is not None and drifted is not None:
+            values.update({f"{prefix}_psi": outcome.psi, f"{prefix}_ks_pvalue": outcome.ks_pvalue})
+            values[f"{prefix}_drifted"] = float(drifted)
+    for name, safe in metric_safe_names(list(drift.features)).items():
+        feature = drift.features[name]
         values[f"psi.{safe}"] = feature.psi
         values[f"ks_pvalue.{safe}"] = feature.ks_pvalue
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and math.isfinite(v)]
+
+
+def metric_safe_names(names: list[str]) -> dict[str, str]:
+    """Each column name as MLflow accepts it in a metric name, no two alike.
+
+    MLflow allows only letters, digits and ``_-. /`` and refuses a name that is not its own normalised path (``a//b``,
+    ``a/``, ``a/../b``); column names may hold anything. Distinct columns that sanitize alike get ``_2``, ``_3``...
+    """
+    safe_names: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        safe = _UNSAFE_IN_METRIC_NAME.sub("_", name)[:_MAX_NAME_CHARS]
+        if posixpath.normpath(f"x.{safe}") != f"x.{safe}":
+            safe = safe.replace("/", "_")
+        candidate, n = safe, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{safe}_{n}"
+        taken.add(candidate)
+        safe_names[name] = candidate
+    return safe_names
 
 
 def _params(config: PipelineConfig, report: MonitorReport) -> list[Param]:
@@ -75,6 +107,7 @@ def _params(config: PipelineConfig, report: MonitorReport) -> list[Param]:
 
     return [
         Param("serving_url", config.serving_url),
+        Param("task", str(report.drift.task)),
         Param("expected_version", str(report.expected_version)),
         Param("monitor_requests", str(config.monitor_requests)),
         Param("psi_threshold", str(config.drift_psi_threshold)),
