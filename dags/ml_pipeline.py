@@ -255,8 +255,9 @@ def deploy_model(record: Record) -> Record:
 
 @task
 def monitor(record: Record) -> Record:
-    """Check the live endpoint (healthy, serving the deployed version, answering on the holdout) and the data
-    drift (PSI against the reference data). An unhealthy endpoint fails the task; drift alerts are emailed."""
+    """Check the live endpoint (healthy, serving the deployed version, answering on the holdout) and drift against
+    the reference data (PSI, KS): each feature, the target and the deployed model's predictions, compared as the
+    task says (class mix or numbers). An unhealthy endpoint fails the task; drift alerts are emailed."""
     from mlpipeline.stages.monitor import monitor
 
     config = read_config(record["config_path"])
