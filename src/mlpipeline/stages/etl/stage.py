@@ -75,7 +75,7 @@ def _resolve_schema(
     """The declared schema, or the one inferred from (or frozen for) this source; and why columns are left out."""
     schema, excluded = config.dataset_schema, {}
     if not schema.is_resolved:
-        # Imported only when the columns are to be inferred: declared columns need nothing from it.
+        # Imported here: the schema module reads snapshots with this package's readers (a cycle at import time).
         from mlpipeline.stages.schema import SchemaError, resolve_schema
 
         try:

@@ -49,11 +49,13 @@ class TargetStats:
         self.all_finite &= bool(finite[is_number].all())
         whole = numbers[finite]
         self.all_integral &= bool(((whole % 1 == 0) & (np.abs(whole) < _EXACT_INTEGERS)).all())
+        # Past the cap the counts are not used: a chunk adds at most enough values to pass it.
         if len(self.numbers) <= MAX_DISTINCT_LABELS:
             counts = pd.Series(numbers[is_number] + 0.0, copy=False).value_counts(sort=False)  # -0.0 is 0.0
-            _merge(self.numbers, {float(k): int(v) for k, v in counts.items()})
+            _merge(self.numbers, {float(k): int(v) for k, v in counts.iloc[: MAX_DISTINCT_LABELS + 1].items()})
         if len(self.texts) <= MAX_DISTINCT_LABELS:
-            _merge(self.texts, {item["values"]: item["counts"] for item in pc.value_counts(text).to_pylist()})
+            counted = pc.value_counts(text)[: MAX_DISTINCT_LABELS + 1].to_pylist()
+            _merge(self.texts, {item["values"]: item["counts"] for item in counted})
 
     @property
     def numeric(self) -> bool:
