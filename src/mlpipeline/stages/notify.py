@@ -1,7 +1,8 @@
 """What the pipeline tells people: subjects and HTML bodies built from the stages' result records.
 
 Sending is the DAG's job (Airflow's SMTP provider, connection ``smtp_default``); composing is here so it can be
-tested, and read, without Airflow.
+tested, and read, without Airflow. Scores are shown with their direction where lower is better (rmse, mae,
+log_loss: ``mlpipeline.tasks``); records of any task render (and records of older runs, which lack the task).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 from typing import Any
+
+from mlpipeline.tasks import METRICS
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,40 @@ def _list(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>" if items else "<p>none</p>"
 
 
+def _lower_is_better(metric: str) -> bool:
+    known = METRICS.get(metric)
+    return known is not None and not known.higher_is_better
+
+
+def _named(metric: str) -> str:
+    """The metric's name, with its direction where lower is better."""
+    return f"{metric} (lower is better)" if _lower_is_better(metric) else metric
+
+
+def _bar(metric: str, score: float, threshold: float | None, *, word: str = "") -> str:
+    """The score against the bar, e.g. "accuracy 0.8512 >= 0.7500", "rmse 3.2000 (lower is better) <= 4.0000",
+    "rmse 3.2000 (lower is better), no threshold"; ``word`` goes before the threshold's value."""
+    lower = _lower_is_better(metric)
+    shown = f"{metric} {float(score):.4f}{' (lower is better)' if lower else ''}"
+    if threshold is None:
+        return f"{shown}, no threshold"
+    passes = score <= threshold if lower else score >= threshold
+    relation = ("<=" if passes else ">") if lower else (">=" if passes else "<")
+    return f"{shown} {relation} {word}{float(threshold):.4f}"
+
+
 def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [(name, value) for name, value in sorted(metrics.items()) if isinstance(value, (int, float))]
+    return [(_named(name), value) for name, value in sorted(metrics.items()) if isinstance(value, (int, float))]
+
+
+def _task_rows(training: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The task and a classifier's classes (records of older runs have neither: no rows)."""
+    rows: list[tuple[str, Any]] = [("task", training["task"])] if training.get("task") else []
+    classes = list(training.get("classes") or [])
+    if classes:
+        shown = ", ".join(str(c) for c in classes[:20])
+        rows.append(("classes", shown if len(classes) <= 20 else f"{shown}, ... ({len(classes)} in all)"))
+    return rows
 
 
 def success_email(
@@ -50,14 +85,19 @@ def success_email(
     monitoring: dict[str, Any],
     etl: dict[str, Any] | None = None,
 ) -> Email:
-    metric = validation["metric"]
+    metric, score, threshold = validation["metric"], validation["candidate_score"], validation.get("threshold")
     subject = (
-        f"[ml_pipeline] deployed {deployment['model_name']} v{deployment['version']}: "
-        f"{metric} {validation['candidate_score']:.4f} >= {validation['threshold']:.4f}"
+        f"[ml_pipeline] deployed {deployment['model_name']} v{deployment['version']}: {_bar(metric, score, threshold)}"
     )
     parts = [
         f"<h2>New champion: {escape(deployment['model_name'])} v{escape(str(deployment['version']))}</h2>",
-        _table(_deployment_rows(dag_run, training, deployment)),
+        _table(
+            [
+                *_deployment_rows(dag_run, training, deployment),
+                *_task_rows(training),
+                ("score", _bar(metric, score, threshold, word="threshold ")),
+            ]
+        ),
         "<h3>Held-out metrics</h3>",
         _table(_metrics_rows(training.get("metrics", {}))),
         "<h3>Decision</h3>",
@@ -87,11 +127,21 @@ def _monitoring_rows(monitoring: dict[str, Any]) -> list[tuple[str, Any]]:
     drifted = monitoring.get("drifted_features") or []
     return [
         ("endpoint healthy", monitoring.get("healthy")),
-        ("live accuracy", monitoring.get("live_accuracy")),
+        # live_accuracy, or whichever live scores the monitor reports for the task
+        *[
+            (f"live {_named(key.removeprefix('live_'))}", value)
+            for key, value in monitoring.items()
+            if key.startswith("live_")
+        ],
         ("latency p50 (ms)", monitoring.get("latency_p50_ms")),
         ("latency p95 (ms)", monitoring.get("latency_p95_ms")),
         ("max PSI", monitoring.get("max_psi")),
         ("drifted features", ", ".join(drifted) if drifted else "none"),
+        *[
+            (key.replace("_", " "), "not compared" if monitoring[key] is None else monitoring[key])
+            for key in ("target_drifted", "predictions_drifted")
+            if key in monitoring
+        ],
     ]
 
 
@@ -105,11 +155,11 @@ def _etl_rows(etl: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def retrain_alert_email(*, dag_run: str, validation: dict[str, Any], training: dict[str, Any]) -> Email:
-    metric = validation["metric"]
-    subject = (
-        f"[ml_pipeline] retrain needed: candidate not deployed ({metric} "
-        f"{validation['candidate_score']:.4f}, threshold {validation['threshold']:.4f})"
-    )
+    metric, threshold = validation["metric"], validation.get("threshold")
+    lower = ", lower is better" if _lower_is_better(metric) else ""
+    bar = "no threshold" if threshold is None else f"threshold {float(threshold):.4f}"
+    score = float(validation["candidate_score"])
+    subject = f"[ml_pipeline] retrain needed: candidate not deployed ({metric} {score:.4f}{lower}, {bar})"
     champion = validation.get("champion_version")
     html = "\n".join(
         [
@@ -117,9 +167,10 @@ def retrain_alert_email(*, dag_run: str, validation: dict[str, Any], training: d
             _table(
                 [
                     ("run", dag_run),
-                    ("metric", metric),
+                    *_task_rows(training),
+                    ("metric", _named(metric)),
                     ("candidate", validation["candidate_score"]),
-                    ("threshold", validation["threshold"]),
+                    ("threshold", "none" if threshold is None else threshold),
                     ("champion", f"v{champion} ({_fmt(validation.get('champion_score'))})" if champion else None),
                     ("still serving", f"v{champion}" if champion else "nothing (no champion yet)"),
                 ]

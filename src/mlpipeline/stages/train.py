@@ -1,11 +1,19 @@
-"""Train stage: a configurable scikit-learn Pipeline, seeded split, held-out metrics, logged to MLflow."""
+"""Train stage: a configurable scikit-learn Pipeline, seeded split, held-out metrics, logged to MLflow.
+
+The estimator and the metrics follow the task (binary, multiclass, regression; ``mlpipeline.tasks``): a classifier
+or a regressor of the chosen model type, a stratified split for classification and a plain one for regression,
+and every metric of the task's table on the held-out rows (validation scores the champion with the same function).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +21,28 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
-from sklearn.base import ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    log_loss,
+    mean_absolute_error,
     precision_score,
+    r2_score,
     recall_score,
     roc_auc_score,
+    root_mean_squared_error,
 )
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -36,6 +53,9 @@ from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
+from mlpipeline.tasks import CLASSIFICATION, decide_task, metrics_for
+
+log = logging.getLogger(__name__)
 
 RECORD_FILE = "train.json"
 HOLDOUT_FILE = "holdout.parquet"
@@ -64,55 +84,99 @@ class TrainResult:
     # The signed sha256 of the logged model's files (also tags of the MLflow run): what every load verifies.
     model_sha256: str = ""
     model_signature: str = ""
+    # binary / multiclass / regression, and a classifier's classes_ (JSON values); empty in records of older runs.
+    task: str = ""
+    classes: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _estimator(model_type: ModelType, hyperparameters: dict[str, Any], random_state: int) -> ClassifierMixin:
-    estimators: dict[str, type[ClassifierMixin]] = {
-        "random_forest": RandomForestClassifier,
-        "hist_gradient_boosting": HistGradientBoostingClassifier,
-        "logistic_regression": LogisticRegression,
-    }
-    defaults: dict[str, dict[str, Any]] = {
-        "random_forest": {"n_estimators": 200, "min_samples_leaf": 2, "n_jobs": -1},
-        "hist_gradient_boosting": {"max_iter": 200, "learning_rate": 0.1},
-        "logistic_regression": {"max_iter": 1000},
-    }
-    estimator = estimators[model_type](random_state=random_state)
-    params = {**defaults[model_type], **hyperparameters}
+_HYPERPARAMETERS = "invalid pipeline configuration: hyperparameters: "
+# The estimator of each model type per kind of task (config.MODEL_TYPE_TASKS says which model type fits which).
+ESTIMATORS: dict[str, dict[str, type[BaseEstimator]]] = {
+    "random_forest": {"classification": RandomForestClassifier, "regression": RandomForestRegressor},
+    "hist_gradient_boosting": {
+        "classification": HistGradientBoostingClassifier,
+        "regression": HistGradientBoostingRegressor,
+    },
+    "logistic_regression": {"classification": LogisticRegression},
+    "ridge": {"regression": Ridge},
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "random_forest": {"n_estimators": 200, "min_samples_leaf": 2, "n_jobs": -1},
+    "hist_gradient_boosting": {"max_iter": 200, "learning_rate": 0.1},
+    "logistic_regression": {"max_iter": 1000},
+    "ridge": {},
+}
+# Linear models need features on one scale; trees do not care.
+_SCALED = frozenset({"logistic_regression", "ridge"})
+
+
+def _kind(task: str) -> str:
+    return "classification" if task in CLASSIFICATION else "regression"
+
+
+def _estimator(
+    model_type: ModelType, hyperparameters: dict[str, Any], random_state: int, task: str = "binary"
+) -> BaseEstimator:
+    kinds = ESTIMATORS[model_type]
+    if _kind(task) not in kinds:
+        raise ConfigError(f"invalid pipeline configuration: ml_model_type {model_type!r} does not fit a {task} task")
+    estimator = kinds[_kind(task)](random_state=random_state)
+    params = {**_DEFAULTS[model_type], **hyperparameters}
     valid = estimator.get_params()
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"invalid pipeline configuration: hyperparameters: {type(estimator).__name__} has no parameter(s) "
-            f"{unknown}; valid ones are {sorted(valid)}"
-        )
+        name = type(estimator).__name__
+        raise ConfigError(f"{_HYPERPARAMETERS}{name} has no parameter(s) {unknown}; valid ones are {sorted(valid)}")
     try:
         estimator.set_params(**params)
         # sklearn validates parameter values at fit time; check them now so a bad value names the field.
         estimator._validate_params()  # type: ignore[attr-defined]
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid pipeline configuration: hyperparameters: {exc}") from exc
+        raise ConfigError(f"{_HYPERPARAMETERS}{exc}") from exc
     return estimator
 
 
 def check_candidates(config: PipelineConfig) -> None:
     """Raise ConfigError now, naming the candidate, if any candidate's hyperparameters are invalid (rather than
-    after crawling and cleaning the data)."""
+    after crawling and cleaning the data). While the task is ``auto`` (the ETL decides it) a model type with a
+    classifier and a regressor is refused only for what neither accepts; training checks the one it builds."""
     for candidate in config.training_candidates():
         try:
-            _estimator(candidate.ml_model_type, candidate.hyperparameters, config.random_state)
+            _check_hyperparameters(candidate, config)
         except ConfigError as exc:
             where = f"candidates[{candidate.name}]" if config.candidates else "hyperparameters"
             raise ConfigError(str(exc).replace("hyperparameters:", f"{where}:", 1)) from None
 
 
+def _check_hyperparameters(candidate: Candidate, config: PipelineConfig) -> None:
+    if config.task != "auto":
+        _estimator(candidate.ml_model_type, candidate.hyperparameters, config.random_state, config.task)
+        return
+    tasks = {"classification": "binary", "regression": "regression"}
+    refusals: list[str] = []
+    for kind in ESTIMATORS[candidate.ml_model_type]:
+        try:
+            _estimator(candidate.ml_model_type, candidate.hyperparameters, config.random_state, tasks[kind])
+            return
+        except ConfigError as exc:
+            refusals.append(str(exc).removeprefix(_HYPERPARAMETERS))
+    if len(refusals) == 1:
+        raise ConfigError(_HYPERPARAMETERS + refusals[0])
+    names = " nor ".join(cls.__name__ for cls in ESTIMATORS[candidate.ml_model_type].values())
+    raise ConfigError(
+        f"{_HYPERPARAMETERS}neither {names} accepts them (the task is auto: either may be built): "
+        + " | ".join(refusals)
+    )
+
+
 def build_pipeline(
-    schema: DatasetSchema, model_type: ModelType, hyperparameters: dict[str, Any], seed: int
+    schema: DatasetSchema, model_type: ModelType, hyperparameters: dict[str, Any], seed: int, task: str = "binary"
 ) -> Pipeline:
-    """Raw declared columns in, class probabilities out: the same object serves online."""
+    """Raw declared columns in, class probabilities (or numbers, for regression) out: the same object serves
+    online."""
     dates = schema.columns_of_type("date")
     numeric = schema.columns_of_type("numeric", "integer", "boolean")
     numeric += [name for column in dates for name in date_part_columns(column)]
@@ -120,7 +184,7 @@ def build_pipeline(
     # np.median per column gives the same medians as strategy="median", which sorts a masked copy of the whole
     # matrix (np.ma.median): ~10x slower, and then the largest part of the pipeline's preprocessing time.
     numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=np.median))]
-    if model_type == "logistic_regression":
+    if model_type in _SCALED:
         numeric_steps.append(("scale", StandardScaler()))
     preprocess = ColumnTransformer(
         [
@@ -142,12 +206,16 @@ def build_pipeline(
         [
             ("dates", DateParts(dates)),
             ("preprocess", preprocess),
-            ("model", _estimator(model_type, hyperparameters, seed)),
+            ("model", _estimator(model_type, hyperparameters, seed, task)),
         ]
     )
 
 
-def features_and_target(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:
+def features_and_target(
+    frame: pd.DataFrame, schema: DatasetSchema, task: str | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The feature columns and the target as the task holds it: binary int64 0/1, regression float64, multiclass
+    the labels as they are (never cast: they may be text). ``task`` None: the target as stored."""
     missing = [c for c in [*schema.feature_names, schema.target] if c not in frame.columns]
     if missing:
         raise TrainError(f"processed data lacks column(s) {missing}; was it produced with this dataset_schema?")
@@ -156,30 +224,99 @@ def features_and_target(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.
         # As floats, integers and booleans (0/1) can carry a missing value to the imputer at serving time;
         # the model's signature then says "double" for them, so the endpoint accepts null.
         features[column] = features[column].astype("float64")
-    return features, frame[schema.target].astype("int64")
+    return features, target_as(frame[schema.target], task)
 
 
-def evaluate(model: Any, features: pd.DataFrame, target: pd.Series) -> dict[str, Any]:
-    """Held-out metrics; the same function scores the champion during validation."""
+def target_as(target: pd.Series, task: str | None) -> pd.Series:
+    """The target as ``task`` holds it (see :func:`features_and_target`)."""
+    dtype = {"binary": "int64", "regression": "float64"}.get(task or "")
+    return target if dtype is None else target.astype(dtype)
+
+
+def task_of(config: PipelineConfig, target: pd.Series) -> str:
+    """The config's task; while it is still ``auto`` (a config not resolved by the ETL, e.g. outside the DAG), what
+    the processed target column says, by the rule the ETL applies (``tasks.decide_task``)."""
+    if config.task != "auto":
+        return config.task
+    present = target.dropna()
+    numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
+    integral = numeric and bool((present == np.floor(present)).all())
+    task = decide_task(numeric=numeric, integral=integral, distinct=int(present.nunique()))
+    log.warning("the config's task is auto (not resolved by the ETL): the processed target says %s", task)
+    return task
+
+
+def json_classes(model: Any) -> list[Any]:
+    """A classifier's ``classes_`` as JSON values (int, float, str, bool); [] for a regressor."""
+    classes = getattr(model, "classes_", None)
+    return [] if classes is None else np.asarray(classes).tolist()
+
+
+def evaluate(
+    model: Any, features: pd.DataFrame, target: pd.Series, task: str, classes: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """Held-out metrics: every metric of ``mlpipeline.tasks.METRICS`` that fits ``task``, NaN where one is undefined
+    (e.g. ROC AUC with a single class in the rows); binary adds precision and recall, classification the confusion
+    matrix over ``classes`` (default: the model's). The same function scores the champion during validation."""
     predicted = model.predict(features)
-    probability = model.predict_proba(features)[:, 1]
-    metrics: dict[str, Any] = {
-        "accuracy": accuracy_score(target, predicted),
-        "balanced_accuracy": balanced_accuracy_score(target, predicted),
-        "f1": f1_score(target, predicted, zero_division=0),
-        "precision": precision_score(target, predicted, zero_division=0),
-        "recall": recall_score(target, predicted, zero_division=0),
-        "roc_auc": roc_auc_score(target, probability) if target.nunique() == 2 else float("nan"),
-    }
-    metrics = {name: round(float(value), 6) for name, value in metrics.items()}
-    metrics["confusion_matrix"] = confusion_matrix(target, predicted, labels=[0, 1]).tolist()
+    scores: dict[str, Any] = {}
+    if task in CLASSIFICATION:
+        model_classes = list(model.classes_)
+        probabilities = model.predict_proba(features)
+        for name in metrics_for(task):
+            scores[name] = _classification_metric(name, target, predicted, probabilities, model_classes)
+        if task == "binary":
+            scores["precision"] = precision_score(target, predicted, zero_division=0)
+            scores["recall"] = recall_score(target, predicted, zero_division=0)
+    else:
+        for name in metrics_for(task):
+            scores[name] = _undefined_is_nan(name, partial(_REGRESSION[name], target, predicted))
+    metrics: dict[str, Any] = {name: round(float(value), 6) for name, value in scores.items()}
+    if task in CLASSIFICATION:
+        labels = [0, 1] if task == "binary" and classes is None else list(model_classes if classes is None else classes)
+        metrics["confusion_matrix"] = confusion_matrix(target, predicted, labels=labels).tolist()
+        if task == "multiclass":
+            metrics["confusion_matrix_labels"] = np.asarray(labels).tolist()
     return metrics
+
+
+_REGRESSION: dict[str, Callable[[Any, Any], float]] = {
+    "rmse": root_mean_squared_error,
+    "mae": mean_absolute_error,
+    # r2 needs two rows and some spread in the target; sklearn says NaN (with a warning) otherwise.
+    "r2": r2_score,
+}
+
+
+def _classification_metric(
+    name: str, target: pd.Series, predicted: np.ndarray, probabilities: np.ndarray, classes: list[Any]
+) -> float:
+    calculations: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: accuracy_score(target, predicted),
+        "balanced_accuracy": lambda: balanced_accuracy_score(target, predicted),
+        "f1": lambda: f1_score(target, predicted, zero_division=0),
+        "f1_macro": lambda: f1_score(target, predicted, average="macro", zero_division=0),
+        # The probability of the positive class (1) is the column of 1 in classes_ ([0, 1]).
+        "roc_auc": lambda: roc_auc_score(target, probabilities[:, 1]) if target.nunique() == 2 else float("nan"),
+        "roc_auc_ovr": lambda: roc_auc_score(target, probabilities, multi_class="ovr", labels=classes),
+        "log_loss": lambda: log_loss(target, probabilities, labels=classes),
+    }
+    return _undefined_is_nan(name, calculations[name])
+
+
+def _undefined_is_nan(name: str, calculation: Callable[[], float]) -> float:
+    try:
+        return calculation()
+    except ValueError as exc:  # the metric is undefined on these rows (e.g. one class only for ROC AUC)
+        log.warning("%s is undefined on these rows (%s): NaN", name, exc)
+        return float("nan")
 
 
 @dataclass(frozen=True)
 class _Split:
-    """The seeded, stratified train/held-out split every candidate of a run shares."""
+    """The seeded train/held-out split every candidate of a run shares (stratified for classification)."""
 
+    task: str
     x_train: pd.DataFrame
     x_test: pd.DataFrame
     y_train: pd.Series
@@ -206,7 +343,8 @@ def train(
     started = time.perf_counter()
     split = _split(config, processed_data_path)
     pipeline = _fit(config, candidate, split)
-    metrics = evaluate(pipeline, split.x_test, split.y_test)
+    metrics = evaluate(pipeline, split.x_test, split.y_test, split.task)
+    classes = json_classes(pipeline)
     tags = {
         "data_sha256": data_sha256,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -215,6 +353,8 @@ def train(
         "processed_data_path": processed_data_path,
         "model_type": candidate.ml_model_type,
         "candidate": candidate.name,
+        "task": split.task,
+        **_classes_tag(classes),
     }
     with atomic_directory(out_dir) as tmp:
         _write_holdout(tmp, config.dataset_schema, split, metrics)
@@ -234,6 +374,8 @@ def train(
             seconds=round(time.perf_counter() - started, 3),
             model_sha256=signed[DIGEST_TAG],
             model_signature=signed[SIGNATURE_TAG],
+            task=split.task,
+            classes=classes,
         )
         (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
@@ -252,18 +394,33 @@ def _chosen(config: PipelineConfig, candidate: Candidate | None) -> Candidate:
 
 def _split(config: PipelineConfig, processed_data_path: str) -> _Split:
     schema = config.dataset_schema
-    features, target = features_and_target(pd.read_parquet(processed_data_path), schema)
+    features, stored = features_and_target(pd.read_parquet(processed_data_path), schema)
+    task = task_of(config, stored)
+    target = target_as(stored, task)
+    classification = task in CLASSIFICATION
     if target.nunique() < 2:
-        raise TrainError(f"the target {schema.target!r} has a single class in {processed_data_path}; cannot train")
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, target, test_size=config.test_size, random_state=config.random_state, stratify=target
-    )
-    return _Split(x_train, x_test, y_train, y_test)
+        what = "a single class" if classification else "a single value"
+        raise TrainError(f"the target {schema.target!r} has {what} in {processed_data_path}; cannot train")
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            features,
+            target,
+            test_size=config.test_size,
+            random_state=config.random_state,
+            stratify=target if classification else None,
+        )
+    except ValueError as exc:  # e.g. a class with a single row cannot be in both parts of a stratified split
+        counts = target.value_counts()
+        raise TrainError(
+            f"cannot split {len(target)} rows ({task}, test_size {config.test_size}) of {processed_data_path}: {exc}"
+            + (f" (rarest classes: {counts.tail(3).to_dict()})" if classification else "")
+        ) from exc
+    return _Split(task, x_train, x_test, y_train, y_test)
 
 
 def _fit(config: PipelineConfig, candidate: Candidate, split: _Split) -> Pipeline:
     pipeline = build_pipeline(
-        config.dataset_schema, candidate.ml_model_type, candidate.hyperparameters, config.random_state
+        config.dataset_schema, candidate.ml_model_type, candidate.hyperparameters, config.random_state, split.task
     )
     pipeline.fit(split.x_train, split.y_train)
     estimator = pipeline[-1]
@@ -273,6 +430,15 @@ def _fit(config: PipelineConfig, candidate: Candidate, split: _Split) -> Pipelin
         # holdout (the champion gate, the smoke test, the serving fast path's bit-for-bit check) must not.
         estimator.set_params(n_jobs=1)
     return pipeline
+
+
+# MLflow keeps a tag of up to 8000 characters; a longer list of classes is in the run's classes.json only.
+_MAX_CLASSES_TAG = 5000
+
+
+def _classes_tag(classes: list[Any]) -> dict[str, str]:
+    text = json.dumps(classes)
+    return {"classes": text} if classes and len(text) <= _MAX_CLASSES_TAG else {}
 
 
 def _scalar(metrics: dict[str, Any]) -> dict[str, float]:
@@ -309,6 +475,8 @@ def _log_to_mlflow(
             {
                 "model_type": candidate.ml_model_type,
                 "candidate": candidate.name,
+                "task": split.task,
+                "n_classes": len(json_classes(pipeline)),
                 "test_size": config.test_size,
                 "random_state": config.random_state,
                 "n_train": len(split.x_train),
@@ -319,6 +487,8 @@ def _log_to_mlflow(
         )
         mlflow.log_metrics(_scalar(metrics))
         mlflow.log_dict(metrics, "metrics.json")
+        if split.task in CLASSIFICATION:
+            mlflow.log_dict({"task": split.task, "classes": json_classes(pipeline)}, "classes.json")
         example = split.x_train.head(5)
         signature = infer_signature(example, pipeline.predict(example))
         info = log_sklearn_model(pipeline, signature=signature, input_example=example, name=MODEL_ARTIFACT)
@@ -326,5 +496,5 @@ def _log_to_mlflow(
     return mlflow_run.info.run_id, info.model_uri, signed_tags
 
 
-def load_holdout(path: str | Path, schema: DatasetSchema) -> tuple[pd.DataFrame, pd.Series]:
-    return features_and_target(pd.read_parquet(path), schema)
+def load_holdout(path: str | Path, schema: DatasetSchema, task: str | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    return features_and_target(pd.read_parquet(path), schema, task)
