@@ -61,8 +61,6 @@ COUNTER_STEP_SHARE = 0.95
 # Sentences, not labels ("Adelie Penguin (Pygoscelis adeliae)" is a 4-word, 35-character label).
 FREE_TEXT_MEAN_WORDS = 5.0
 FREE_TEXT_MEAN_CHARS = 60.0
-# Missing for the type decision besides the ETL's own tokens; the ETL does not know it (see infer_schema's log).
-EXTRA_MISSING_TOKEN = "?"
 _SHOWN_CHARS = 60
 # Date shapes the ETL does not parse (day or month first, month names), told apart from other text to say so.
 _OTHER_DATE_SHAPE = re.compile(
@@ -176,9 +174,6 @@ def _first_rows(chunks: Iterator[pa.Table]) -> pa.Table:
 def classify_column(name: str, raw: pa.Array, max_missing_fraction: float = 0.5) -> ColumnSpec | str:
     """The column's spec, or why it is not a feature."""
     text = as_text(raw)
-    question_marks = int(pc.sum(pc.equal(text, EXTRA_MISSING_TOKEN)).as_py() or 0)
-    if question_marks:
-        text = pc.if_else(pc.equal(text, EXTRA_MISSING_TOKEN), pa.scalar(None, pa.string()), text)
     present = len(text) - text.null_count
     if present == 0:
         return "empty: no value in the sampled rows"
@@ -194,18 +189,7 @@ def classify_column(name: str, raw: pa.Array, max_missing_fraction: float = 0.5)
             f"mostly empty: {missing_share:.1%} of the values are missing, more than max_missing_fraction="
             f"{max_missing_fraction:g} (the ETL would refuse the column)"
         )
-    found = _typed(name, text, distinct)
-    if isinstance(found, ColumnSpec) and question_marks and found.type != "categorical":
-        log.warning(
-            "column %r: %d value(s) %r count as missing for its type (%s), but the ETL does not treat %r as missing:"
-            " it quarantines those rows",
-            name,
-            question_marks,
-            EXTRA_MISSING_TOKEN,
-            found.type,
-            EXTRA_MISSING_TOKEN,
-        )
-    return found
+    return _typed(name, text, distinct)
 
 
 def _free_text_reason(present: pa.Array) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -43,3 +44,17 @@ def test_python_whitespace_list_is_complete() -> None:
     from mlpipeline.stages.etl import PYTHON_WHITESPACE
 
     assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == PYTHON_WHITESPACE
+
+
+def test_question_marks_are_missing_and_dates_may_mix_time_zones() -> None:
+    import pyarrow as pa
+
+    from mlpipeline.config import ColumnSpec
+    from mlpipeline.stages.etl.coerce import coerce_column
+
+    numbers = coerce_column(pa.array(["1.5", "?", "2"]), ColumnSpec(name="horsepower (hp)", type="numeric"))
+    assert (numbers.codes == 0).all() and math.isnan(numbers.values.to_pylist()[1])  # missing, imputed later
+    stamps = pa.array(["2020-01-01T10:00:00", "2020-01-01T12:00:00+02:00", "2020-01-01T10:00:00Z"])
+    dates = coerce_column(stamps, ColumnSpec(name="at", type="date"))
+    assert (dates.codes == 0).all()
+    assert len({str(value) for value in dates.values.to_pylist()}) == 1  # all three are 10:00 UTC

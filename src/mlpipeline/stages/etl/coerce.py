@@ -15,7 +15,8 @@ from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
 from mlpipeline.stages.etl.result import EtlError
 
 # Blank-ish values sources use for "nothing"; they count as missing after stripping.
-_MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>"])
+# "?" is how several classic public datasets (UCI's auto-mpg, adult, ...) write a missing value.
+_MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>", "?"])
 # What Python's str.strip() removes (every character whose isspace() is true); a test checks the list.
 PYTHON_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
@@ -91,9 +92,8 @@ def _parse_dates(text: pa.Array) -> np.ndarray:
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
     if slow.any():
         strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
-        parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601")
-        if getattr(parsed.dt, "tz", None) is not None:
-            parsed = parsed.dt.tz_convert(None)
+        # utc=True: zoned timestamps become UTC, naive ones stay as written, and a column may mix both.
+        parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
         values[slow] = parsed.to_numpy(dtype="datetime64[ns]")
     return values
 

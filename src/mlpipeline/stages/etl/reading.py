@@ -24,6 +24,7 @@ _PANDAS_NA_STRINGS = [
     "-1.#QNAN",
     "-NaN",
     "-nan",
+    "?",
     "1.#IND",
     "1.#QNAN",
     "<NA>",
