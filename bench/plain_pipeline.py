@@ -19,7 +19,7 @@ from mlpipeline.config import PipelineConfig, build_config  # noqa: E402
 from mlpipeline.stages import notify  # noqa: E402
 from mlpipeline.stages.crawl import crawl  # noqa: E402
 from mlpipeline.stages.deploy import deploy  # noqa: E402
-from mlpipeline.stages.etl import etl  # noqa: E402
+from mlpipeline.stages.etl import etl, resolved_config  # noqa: E402
 from mlpipeline.stages.monitor import monitor  # noqa: E402
 from mlpipeline.stages.train import check_candidates, train  # noqa: E402
 from mlpipeline.stages.validate import select_best, validate  # noqa: E402
@@ -53,6 +53,7 @@ def main() -> None:
     config = timed("start", start)
     crawled = timed("crawl_data", crawl, config, run)
     cleaned = timed("etl", etl, config, run=run, raw_data_path=crawled.data_path, raw_format=crawled.format)
+    config = resolved_config(config, cleaned)  # as the DAG's etl task: the later stages get the resolved config
     trained = [
         timed(
             "train_model",
