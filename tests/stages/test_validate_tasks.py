@@ -226,3 +226,18 @@ def test_a_metric_that_does_not_fit_the_candidate_is_refused(
     config = ws.config(resolved=False, validation_metric="roc_auc")
     with pytest.raises(ValueError, match="validation_metric 'roc_auc' does not fit a regression task"):
         validate(config, run="ridge", candidate=regressors["good"])
+
+
+def test_a_binary_champion_whose_positive_class_was_the_other_label_is_not_compared(ws: Workspace) -> None:
+    churn = ws.config(registered_model_name="flipped")
+    processed = ws.processed("flip").data_path
+    champion = train(churn, run="flip-1", processed_data_path=processed, data_sha256="f")
+    assert use_tracking(churn).get_run(champion.mlflow_run_id).data.tags["positive_label"] == "1"
+    version = make_champion(churn, champion)
+    same = validate(churn, run="flip-1", candidate=champion)
+    assert same.champion_score is not None  # the same positive class: scored on the same rows
+    flipped_schema = {**churn.dataset_schema.model_dump(), "positive_label": "0"}
+    flipped = ws.config(registered_model_name="flipped", dataset_schema=flipped_schema)
+    decision = validate(flipped, run="flip-1", candidate=champion)
+    assert decision.champion_version == version and decision.champion_score is None
+    assert "its positive class is '1' and this run's is '0'" in decision.reasons[1]

@@ -355,6 +355,7 @@ def train(
         "candidate": candidate.name,
         "task": split.task,
         **_classes_tag(classes),
+        **_positive_label_tag(split.task, config.dataset_schema.positive_label),
     }
     with atomic_directory(out_dir) as tmp:
         _write_holdout(tmp, config.dataset_schema, split, metrics)
@@ -434,6 +435,15 @@ def _fit(config: PipelineConfig, candidate: Candidate, split: _Split) -> Pipelin
 
 # MLflow keeps a tag of up to 8000 characters; a longer list of classes is in the run's classes.json only.
 _MAX_CLASSES_TAG = 5000
+
+
+POSITIVE_LABEL_TAG = "positive_label"
+
+
+def _positive_label_tag(task: str, positive_label: str | None) -> dict[str, str]:
+    """Binary models predict 0/1: the tag says which source label 1 is (validation compares it with the
+    champion's, so a flipped positive class is never scored as if it were the same problem)."""
+    return {POSITIVE_LABEL_TAG: positive_label} if task == "binary" and positive_label is not None else {}
 
 
 def _classes_tag(classes: list[Any]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from mlpipeline.registry import (
     use_tracking,
 )
 from mlpipeline.stages.notify import Email
-from mlpipeline.stages.train import TrainResult, evaluate, json_classes, load_holdout
+from mlpipeline.stages.train import POSITIVE_LABEL_TAG, TrainResult, evaluate, json_classes, load_holdout
 from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline.tasks import (
     CLASSIFICATION,
@@ -187,7 +187,7 @@ def _versus_champion(
             "Fix or re-point the alias before deploying; refusing to decide blind."
         ) from exc
     classes = candidate.classes or ([0, 1] if task == "binary" else sorted(target.unique().tolist()))
-    different = _other_problem(champion_model, task, classes)
+    different = _other_problem(champion_model, task, classes) or _other_positive_label(config, champion, task)
     if different:
         return None, (
             f"champion v{champion.version} is not comparable: {different}. It cannot be scored on these rows: {alone}"
@@ -228,6 +228,18 @@ def _other_problem(champion: Any, task: str, classes: list[Any]) -> str | None:
     if champion_classes != list(classes):
         return f"its classes {_few(champion_classes)} are not this run's {_few(list(classes))} ({task})"
     return None
+
+
+def _other_positive_label(config: PipelineConfig, champion: ModelVersion, task: str) -> str | None:
+    """Why a binary champion's 1 means another source label than this run's (None: the same, or not recorded:
+    champions trained before the tag existed used the then-default "1")."""
+    label = config.dataset_schema.positive_label
+    if task != "binary" or label is None or not champion.run_id:
+        return None
+    theirs = use_tracking(config).get_run(champion.run_id).data.tags.get(POSITIVE_LABEL_TAG)
+    if theirs is None or theirs == label:
+        return None
+    return f"its positive class is {theirs!r} and this run's is {label!r}: its probabilities answer the other class"
 
 
 def _few(values: list[Any], shown: int = 10) -> str:
