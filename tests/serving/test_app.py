@@ -129,7 +129,8 @@ def test_predict_one_row_matches_offline_model(client: TestClient, main_model: L
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_name"] == "serving_main"
-    assert set(body) == {"model_name", "model_version", "predictions", "probabilities"}
+    assert set(body) == {"model_name", "model_version", "predictions", "probabilities", "classes"}
+    assert body["classes"] == [0, 1]  # binary: the probabilities are those of the last, positive class
     _assert_matches(body, main_model, frame)
 
 
@@ -209,6 +210,7 @@ def test_model_endpoint_reports_registry_metadata(client: TestClient, main_model
         "signup_date": "datetime",
     }
     assert body["loaded_at"] and body["last_error"] is None
+    assert body["task"] == "binary" and body["classes"] == [0, 1] and body["positive_class"] == 1
     # The test factory's pipeline one-hot encodes into sparse matrices: served by sklearn, and /model says why.
     assert body["fast_path"]["active"] is False
     assert "OneHotEncoder with sparse_output=True" in body["fast_path"]["reason"]

@@ -106,8 +106,8 @@ def test_fast_path_is_refused_when_it_would_differ_or_cannot_be_built(
     pipeline, schema, features = _product_model("hist_gradient_boosting")
     general = _loaded(pipeline, schema)
     example = json_rows(features.head(5))
-    original = BoostedTrees.predict_proba
-    monkeypatch.setattr(BoostedTrees, "predict_proba", lambda self, x: original(self, x) + 1e-12)
+    original = BoostedTrees.predict
+    monkeypatch.setattr(BoostedTrees, "predict", lambda self, x: original(self, x) + 1e-12)
     refused = verify_fast_path(general, example, "test")
     assert not refused.active and "disagrees with scikit-learn on verification row 0" in refused.reason
     monkeypatch.undo()

@@ -11,8 +11,13 @@ network.
 Modules: ``settings`` (environment/CLI settings), ``schema`` (input schema, request value conversion, InputError),
 ``guards`` (bearer-token dependency, body size limit, bounded error bodies), ``loading`` (load_model_version,
 LoadedModel), ``fastpath`` (the numpy fast path and its verification), ``state`` (ModelServer: polling, hot swap),
-``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``app`` (create_app, app_from_env), ``cli``
-(main, ServerThread, serve_in_thread).
+``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``openapi`` (the /predict rows of the served
+model, its answers per task), ``app`` (create_app, app_from_env), ``cli`` (main, ServerThread, serve_in_thread).
+
+``/predict`` answers by the task of the served model (read from the model, not a tag): a classifier gives
+``predictions`` (labels, as its classes), ``probabilities`` (binary: P(positive, the last class) per row;
+multiclass: ``{class label as text: probability}`` per row) and ``classes``; a regressor gives ``predictions``
+(numbers) only. ``/model`` reports ``task`` and ``classes``.
 """
 
 import os

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from mlpipeline.constants import DEFAULT_ALIAS
+from mlpipeline.serving import openapi
 from mlpipeline.serving.guards import BodyLimitMiddleware, Cooldown, error_content
 from mlpipeline.serving.metrics import MetricsMiddleware
 from mlpipeline.serving.routes import ROUTE_PATHS, router
@@ -70,6 +71,7 @@ def app_for(settings: ServerSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=ROUTE_PATHS)
     app.add_exception_handler(RequestValidationError, _bounded_validation_error)
     app.include_router(router)
+    openapi.install(app, lambda: server.model)
     return app
 
 

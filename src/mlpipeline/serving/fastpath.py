@@ -6,6 +6,10 @@ pipeline shape the train stage ships, the same computation is done here on the v
 from step types and settings it reproduces exactly, and only used after it has matched the sklearn path bit for bit
 on the model's input example (plus missing-value and unseen-category variants) at load time.
 
+Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), StandardScaler, and
+any final estimator on the numpy features; HistGradientBoosting classifiers (binary and multiclass) and regressors
+with numeric splits are traversed in numpy (sklearn's per-tree Python calls dominate their small-request cost).
+
 It reads private attributes of fitted estimators (``HistGradientBoostingClassifier._predictors`` and friends), so a
 scikit-learn upgrade may turn it off: the server then says so (``GET /model``, ``/metrics``, a WARNING in the log)
 and tests/serving/test_fastpath.py fails.
@@ -144,15 +148,16 @@ def _compile_step(step: Any) -> ColumnStep:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The classifier and the whole pipeline.
+# The final estimator and the whole pipeline.
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class BoostedTrees:
-    """All trees of a binary HistGradientBoostingClassifier as flat node arrays, traversed for all trees at once."""
+    """All trees of a HistGradientBoosting classifier (binary or multiclass) or regressor as flat node arrays,
+    traversed for all trees at once."""
 
-    roots: np.ndarray
+    roots: np.ndarray  # each tree's root node, in sklearn's order: iteration after iteration, class after class
     feature: np.ndarray
     threshold: np.ndarray
     missing_left: np.ndarray
@@ -161,18 +166,23 @@ class BoostedTrees:
     is_leaf: np.ndarray
     value: np.ndarray
     depth: int
-    baseline: float
+    baseline: np.ndarray  # (trees per iteration,)
     loss: Any
+    regression: bool
 
     @classmethod
     def of(cls, estimator: Any) -> BoostedTrees | None:
-        """The trees of a binary, numeric-split HistGradientBoostingClassifier; None for any other estimator."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        """The trees of a numeric-split HistGradientBoosting classifier or regressor; None for any other estimator."""
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-        if type(estimator) is not HistGradientBoostingClassifier or estimator.n_trees_per_iteration_ != 1:
+        if type(estimator) not in (HistGradientBoostingClassifier, HistGradientBoostingRegressor):
             return None
-        nodes = [predictors[0].nodes for predictors in estimator._predictors]
+        nodes = [predictor.nodes for iteration in estimator._predictors for predictor in iteration]
         if not nodes or any(n["is_categorical"].any() for n in nodes):
+            return None
+        per_iteration = estimator.n_trees_per_iteration_
+        baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1)
+        if len(baseline) != per_iteration or len(nodes) % per_iteration:
             return None
         offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
         flat = np.concatenate(nodes)
@@ -187,11 +197,13 @@ class BoostedTrees:
             is_leaf=flat["is_leaf"].astype(bool),
             value=flat["value"].astype(np.float64),
             depth=int(flat["depth"].max()) + 1,
-            baseline=float(np.asarray(estimator._baseline_prediction).ravel()[0]),
+            baseline=baseline,
             loss=estimator._loss,
+            regression=type(estimator) is HistGradientBoostingRegressor,
         )
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+    def raw(self, features: np.ndarray) -> np.ndarray:
+        """The raw predictions, (rows, trees per iteration): sklearn's ``_raw_predict``."""
         n = features.shape[0]
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
         rows = np.arange(n)[:, None]
@@ -203,20 +215,33 @@ class BoostedTrees:
             go_left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
             node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
         # Sequential sum from the baseline, tree after tree: the exact float order sklearn adds them in.
-        summed = np.cumsum(np.hstack([np.full((n, 1), self.baseline), self.value[node]]), axis=1)
-        return self.loss.predict_proba(summed[:, -1:])
+        per_iteration = len(self.baseline)
+        if per_iteration == 1:  # binary or regression: the common case, kept 2-D (measurably faster for one row)
+            return np.cumsum(np.hstack([np.full((n, 1), self.baseline[0]), self.value[node]]), axis=1)[:, -1:]
+        leaves = self.value[node].reshape(n, -1, per_iteration)
+        start = np.broadcast_to(self.baseline, (n, 1, per_iteration))
+        summed = np.cumsum(np.concatenate([start, leaves], axis=1), axis=1)[:, -1, :]
+        return np.asfortranarray(summed)  # sklearn's raw predictions are Fortran-ordered
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """A regressor's predictions (rows,), or a classifier's class probabilities (rows, classes)."""
+        raw = self.raw(features)
+        if self.regression:
+            return self.loss.link.inverse(raw.ravel())
+        return self.loss.predict_proba(raw)
 
 
 @dataclasses.dataclass(frozen=True)
 class FastPipeline:
     date_columns: tuple[str, ...]
     blocks: tuple[tuple[tuple[str, ...], tuple[ColumnStep, ...]], ...]  # ColumnTransformer parts, in order
-    trees: BoostedTrees | None  # None: the classifier's own predict_proba runs on the numpy features
+    trees: BoostedTrees | None  # None: the final estimator's own predict(_proba) runs on the numpy features
     final_step: Any
     labels_are_argmax: bool
+    regression: bool = False
 
-    def predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
-        """(labels, or None when they are the argmax of the probabilities; class probabilities)."""
+    def features(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """The final estimator's input: date parts, then each ColumnTransformer part, side by side."""
         columns = dict(columns)
         for date_column in self.date_columns:
             for part, values in zip(DATE_PARTS, date_parts(columns.pop(date_column)), strict=True):
@@ -229,9 +254,17 @@ class FastPipeline:
             for step in steps:
                 block = step(block)
             outputs.append(block)
-        features = np.hstack(outputs).astype(np.float64, copy=False)
+        return np.hstack(outputs).astype(np.float64, copy=False)
+
+    def predict(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Classifier: (labels, or None when they are the argmax of the probabilities; class probabilities).
+        Regressor: (predictions, None)."""
+        features = self.features(columns)
+        if self.regression:
+            values = self.trees.predict(features) if self.trees is not None else self.final_step.predict(features)
+            return values, None
         if self.trees is not None:
-            return None, self.trees.predict_proba(features)
+            return None, self.trees.predict(features)
         proba = self.final_step.predict_proba(features)
         return (None if self.labels_are_argmax else self.final_step.predict(features)), proba
 
@@ -264,15 +297,17 @@ def _compile_blocks(columns: Any) -> tuple[tuple[tuple[str, ...], tuple[ColumnSt
     return tuple(blocks)
 
 
-def compile_pipeline(model: Any, schema: InputSchema, labels_are_argmax: bool) -> FastPipeline:
-    """The fast equivalent of a fitted ``Pipeline([DateParts, ColumnTransformer, classifier])``.
+def compile_pipeline(
+    model: Any, schema: InputSchema, labels_are_argmax: bool, *, regression: bool = False
+) -> FastPipeline:
+    """The fast equivalent of a fitted ``Pipeline([DateParts, ColumnTransformer, classifier or regressor])``.
 
     Raises :class:`NotCompilable` naming the first step or setting it does not reproduce.
     """
     from sklearn.pipeline import Pipeline
 
     if type(model) is not Pipeline or len(model.steps) != 3:
-        raise NotCompilable("the model is not a 3-step Pipeline (DateParts, ColumnTransformer, classifier)")
+        raise NotCompilable("the model is not a 3-step Pipeline (DateParts, ColumnTransformer, estimator)")
     dates, columns, final = (step for _, step in model.steps)
     if type(dates) is not DateParts:
         raise NotCompilable(f"its first step is a {type(dates).__name__}, not DateParts")
@@ -282,8 +317,10 @@ def compile_pipeline(model: Any, schema: InputSchema, labels_are_argmax: bool) -
     if not_dates:
         raise NotCompilable(f"date column(s) {not_dates} are not datetime inputs in the signature")
     blocks = _compile_blocks(columns)
-    trees = BoostedTrees.of(final) if labels_are_argmax else None
-    return FastPipeline(date_columns, blocks, trees, final, labels_are_argmax)
+    trees = BoostedTrees.of(final) if labels_are_argmax or regression else None
+    if trees is not None and trees.regression != regression:
+        raise NotCompilable("its boosted trees are not of the kind (classifier or regressor) the model serves as")
+    return FastPipeline(date_columns, blocks, trees, final, labels_are_argmax, regression)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,7 +380,8 @@ def _first_mismatch(loaded: LoadedModel, fast: FastPipeline, example_rows: list[
 def verify_fast_path(loaded: LoadedModel, example_rows: list[dict[str, Any]], what: str) -> FastPathStatus:
     """The fast path for ``loaded``, if it gives exactly the sklearn path's answers on the example and variants."""
     try:
-        fast = compile_pipeline(loaded.model, loaded.schema, loaded.labels_are_argmax)
+        regression = loaded.task == "regression"
+        fast = compile_pipeline(loaded.model, loaded.schema, loaded.labels_are_argmax, regression=regression)
         mismatch = _first_mismatch(loaded, fast, example_rows)
     except NotCompilable as exc:
         return fast_path_off(what, f"the pipeline is not one it reproduces: {exc}")

@@ -1,10 +1,15 @@
 """Loading one registered model version: download, verify and load, metadata, warm-up, fast path; and predicting
-with it."""
+with it.
+
+The task a version serves comes from the (signed) model itself, never from a registry tag: a regressor answers
+numbers, a classifier with two classes answers labels and P(positive class), one with more answers labels and
+every class's probability."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import math
 import tempfile
@@ -36,6 +41,10 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+# binary: P(positive class) per row; multiclass: {class label as text: probability} per row; regression: None.
+Probabilities = list[float] | list[dict[str, float]] | None
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """An immutable, fully loaded model version: the unit that is swapped atomically."""
@@ -60,32 +69,52 @@ class LoadedModel:
     labels_are_argmax: bool = True
     # The numpy equivalent of the pipeline for small requests, if it reproduced the sklearn path at load time.
     fast_path: FastPathStatus = NOT_VERIFIED
+    # binary / multiclass / regression (see model_task); classes is empty for regression.
+    task: str = "binary"
 
     @property
     def fast(self) -> FastPipeline | None:
         return self.fast_path.pipeline
 
-    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Any], list[float]]:
+    @functools.cached_property
+    def class_values(self) -> list[Any]:
+        """The classes as JSON values (what ``predictions`` holds); empty for a regressor."""
+        return [plain(c) for c in self.classes]
+
+    @functools.cached_property
+    def class_keys(self) -> list[str]:
+        """The classes as text: the keys of a multiclass answer's probabilities."""
+        return [str(c) for c in self.class_values]
+
+    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Any], Probabilities]:
         """Validate JSON rows and predict them: the /predict code path."""
         fast = self.fast_path.pipeline
         if fast is None or len(rows) > FAST_PATH_MAX_ROWS:
             return self.predict(self.schema.frame(rows))
         labels, proba = fast.predict(self.schema.arrays(rows))
-        if labels is None:
-            labels = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
-        return [plain(v) for v in labels], proba[:, self.positive_index].tolist()
+        return self._answer(labels, proba)
 
-    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], list[float]]:
+    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], Probabilities]:
+        if self.task == "regression":
+            return self._answer(self.model.predict(frame), None)
         if self.labels_are_argmax:
             # One model call: for these estimators predict() *is* the argmax of predict_proba().
-            proba = self.model.predict_proba(frame)
+            return self._answer(None, self.model.predict_proba(frame))
+        # Unknown final estimator (e.g. a tuned decision threshold): ask it for labels, but preprocess once.
+        features = self.preprocess.transform(frame) if self.preprocess is not None else frame
+        return self._answer(self.final_step.predict(features), self.final_step.predict_proba(features))
+
+    def _answer(self, labels: Any, proba: np.ndarray | None) -> tuple[list[Any], Probabilities]:
+        """(predictions, probabilities) as JSON values from the model's outputs; ``labels`` None: the argmax."""
+        if proba is None:  # a regressor: its numbers are the predictions
+            return np.asarray(labels, dtype=np.float64).tolist(), None
+        if labels is None:
             labels = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
-        else:
-            # Unknown final estimator (e.g. a tuned decision threshold): ask it for labels, but preprocess once.
-            features = self.preprocess.transform(frame) if self.preprocess is not None else frame
-            proba = self.final_step.predict_proba(features)
-            labels = self.final_step.predict(features)
-        return [plain(v) for v in labels], proba[:, self.positive_index].tolist()
+        predictions = [plain(v) for v in labels]
+        if self.task == "binary":
+            return predictions, proba[:, self.positive_index].tolist()
+        keys = self.class_keys
+        return predictions, [dict(zip(keys, row, strict=True)) for row in proba.tolist()]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,15 +128,18 @@ class LoadedModel:
             "trained_at": self.trained_at,
             "data_fingerprint": self.data_fingerprint,
             "input_schema": self.schema.to_list(),
-            "classes": [plain(c) for c in self.classes],
-            "positive_class": plain(self.classes[self.positive_index]),
+            "task": self.task,
+            "classes": self.class_values,
+            # Only a binary model has one class whose probability /predict answers.
+            "positive_class": plain(self.classes[self.positive_index]) if self.task == "binary" else None,
             "loaded_at": self.loaded_at,
             "fast_path": self.fast_path.to_dict(),
         }
 
 
 def prediction_plan(model: Any) -> tuple[Any, Any, bool]:
-    """(preprocessing, final estimator, whether predict() == argmax(predict_proba()) for it)."""
+    """(preprocessing, final estimator, whether predict() == argmax(predict_proba()) for it; False for any
+    regressor)."""
     from sklearn.ensemble import (
         ExtraTreesClassifier,
         GradientBoostingClassifier,
@@ -124,7 +156,8 @@ def prediction_plan(model: Any) -> tuple[Any, Any, bool]:
         HistGradientBoostingClassifier,
         GradientBoostingClassifier,
         DecisionTreeClassifier,
-        # Binary: decision_function > 0 <=> P(class 1) > 0.5, and a tie picks class 0 both ways.
+        # Binary: decision_function > 0 <=> P(class 1) > 0.5, and a tie picks class 0 both ways; multiclass: the
+        # probabilities are the softmax of the decision function, which keeps its order.
         LogisticRegression,
     )
     if isinstance(model, Pipeline) and len(model.steps) > 1:
@@ -169,14 +202,21 @@ def _download(client: Any, tracking_uri: str, model_version: Any, what: str) -> 
     return model, schema, example
 
 
-def _classes(model: Any, what: str) -> tuple[Any, ...]:
-    """The classifier's classes; raises if the model cannot serve probabilities for at least two."""
+def model_task(model: Any, what: str) -> tuple[str, tuple[Any, ...]]:
+    """(task, classes) of a loaded model: a regressor serves numbers (no classes); a classifier its classes, two
+    (binary) or more (multiclass). Raises if a classifier cannot serve probabilities for at least two classes."""
+    from sklearn.base import is_regressor
+
+    if is_regressor(model):
+        if not hasattr(model, "predict"):
+            raise ValueError(f"model {what} has no predict")
+        return "regression", ()
     if not hasattr(model, "predict_proba"):
         raise ValueError(f"model {what} has no predict_proba")
     classes = tuple(getattr(model, "classes_", ()))
     if len(classes) < 2:
         raise ValueError(f"model {what} does not expose at least two classes_")
-    return classes
+    return ("binary" if len(classes) == 2 else "multiclass"), classes
 
 
 def _training_run(client: Any, model_version: Any, what: str) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -198,7 +238,7 @@ def _training_run(client: Any, model_version: Any, what: str) -> tuple[dict[str,
 def _positive_index(classes: tuple[Any, ...]) -> int:
     """scikit-learn's convention, which the ETL's 0/1 target follows: the last of the sorted classes (1 / True).
     Never a registry tag: tags are not covered by the model's signature, so anyone who can write to MLflow could
-    otherwise flip which probability is served."""
+    otherwise flip which probability is served. Only binary answers use it (-1 for a regressor)."""
     return len(classes) - 1
 
 
@@ -220,7 +260,12 @@ def _warmed_up(loaded: LoadedModel, example_rows: list[dict[str, Any]] | None, w
         log.warning("model %s: input example does not fit the signature (%s)", what, exc)
         reason = "the model's input example does not fit its signature"
         return dataclasses.replace(loaded, fast_path=fast_path_off(what, reason))
-    loaded.predict(frame)  # a version that cannot answer its own example must not serve (this raises)
+    # A version that cannot answer its own example must not serve (this raises).
+    predictions, _ = loaded.predict(frame)
+    if len(predictions) != len(example_rows):
+        raise ValueError(f"model {what} answered {len(predictions)} prediction(s) for {len(example_rows)} row(s)")
+    if loaded.task == "regression" and not all(isinstance(p, float) for p in predictions):
+        raise ValueError(f"model {what} is a regressor but does not answer one number per row")
     return dataclasses.replace(loaded, fast_path=verify_fast_path(loaded, example_rows, what))
 
 
@@ -230,7 +275,7 @@ def load_model_version(client: Any, tracking_uri: str, name: str, version: str, 
     what = f"{name} version {version}"
     model_version = client.get_model_version(name, version)
     model, schema, example = _download(client, tracking_uri, model_version, what)
-    classes = _classes(model, what)
+    task, classes = model_task(model, what)
     metrics, tags = _training_run(client, model_version, what)
     preprocess, final_step, labels_are_argmax = prediction_plan(model)
     loaded = LoadedModel(
@@ -250,6 +295,7 @@ def load_model_version(client: Any, tracking_uri: str, name: str, version: str, 
         preprocess=preprocess,
         final_step=final_step,
         labels_are_argmax=labels_are_argmax,
+        task=task,
     )
     loaded = _warmed_up(loaded, _example_rows(example), what)
     return dataclasses.replace(loaded, loaded_at=utc_now())

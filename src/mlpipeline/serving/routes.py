@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlpipeline.serving.guards import Cooldown, error_content, load_json, require_token
-from mlpipeline.serving.loading import LoadedModel
+from mlpipeline.serving.loading import LoadedModel, Probabilities
+from mlpipeline.serving.openapi import PREDICT_OPENAPI, PREDICT_PATH
 from mlpipeline.serving.schema import InputError
 from mlpipeline.serving.settings import ServerSettings
 from mlpipeline.serving.state import ModelServer
@@ -24,27 +25,6 @@ from mlpipeline.serving.state import ModelServer
 # above this many bytes, so does JSON parsing.
 INLINE_ROWS = 256
 INLINE_BODY_BYTES = 64 * 1024
-
-PREDICT_BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["rows"],
-                    "properties": {
-                        "rows": {
-                            "type": "array",
-                            "items": {"type": "object", "additionalProperties": True},
-                            "description": "Feature rows; every input column of the model, null for missing.",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
 
 router = APIRouter()
 
@@ -127,13 +107,13 @@ async def _request_rows(body: bytes, max_rows: int) -> list[Any]:
     return rows
 
 
-async def _predict(model: LoadedModel, rows: list[Any]) -> tuple[list[Any], list[float]]:
+async def _predict(model: LoadedModel, rows: list[Any]) -> tuple[list[Any], Probabilities]:
     if len(rows) <= INLINE_ROWS:
         return model.predict_rows(rows)
     return await run_in_threadpool(model.predict_rows, rows)
 
 
-@router.post("/predict", openapi_extra=PREDICT_BODY_SCHEMA)
+@router.post(PREDICT_PATH, openapi_extra=PREDICT_OPENAPI)
 async def predict(request: Request) -> JSONResponse:
     server = _server(request)
     model = server.model  # read the reference once: a concurrent swap cannot change it mid-request
@@ -148,14 +128,16 @@ async def predict(request: Request) -> JSONResponse:
     except InputError as exc:
         return _error(422, f"invalid input: {exc}", exc.errors, exc.total)
     server.metrics.predictions.inc(len(rows))
-    return FastJSONResponse(
-        {
-            "model_name": model.name,
-            "model_version": model.version,
-            "predictions": predictions,
-            "probabilities": probabilities,
-        }
-    )
+    return FastJSONResponse(answer_body(model, predictions, probabilities))
+
+
+def answer_body(model: LoadedModel, predictions: list[Any], probabilities: Probabilities) -> dict[str, Any]:
+    """The /predict answer: a classifier's labels, probabilities and classes; a regressor's numbers only."""
+    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "predictions": predictions}
+    if model.task != "regression":
+        body["probabilities"] = probabilities
+        body["classes"] = model.class_values
+    return body
 
 
 @router.get("/metrics")
