@@ -1,5 +1,6 @@
 """Deploy stage: register the candidate, move the champion alias to it, make the endpoint load it, and prove
-the endpoint answers exactly like the offline model. Any failure moves the alias back.
+the endpoint answers exactly like the offline model (labels and probabilities for a classifier, binary or
+multiclass; numbers for a regressor). Any failure moves the alias back.
 
 Moving the alias is a compare-and-set: the predecessor is the version validation compared against, recorded (run
 record and registry tag) before the alias moves, and the alias moves only if it still points there; a rollback
@@ -20,12 +21,14 @@ from typing import Any
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
+from sklearn.base import is_regressor
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.constants import SERVING_TOKEN_ENV
 from mlpipeline.integrity import IntegrityError
-from mlpipeline.payload import json_rows
+from mlpipeline.payload import json_rows, json_value
 from mlpipeline.registry import (
     CODE_VERSION_TAG,
     DATA_SHA256_TAG,
@@ -53,6 +56,9 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "deploy.json"
 # Written before the alias moves: which version goes live and which one it replaces.
 INTENT_FILE = "deploy_intent.json"
+# The endpoint must answer like the offline model: the same labels, and each probability (or a regressor's number,
+# relative to its size above 1) within this; the two may differ in the last bits (BLAS paths), nothing more.
+SMOKE_TOLERANCE = 1e-6
 
 
 class DeployError(RuntimeError):
@@ -82,6 +88,8 @@ class DeployResult:
     alias: str
     serving_url: str
     smoke_test_rows: int
+    # Largest endpoint-vs-offline difference of a probability (classifiers) or of a number (regressors, relative
+    # to its size above 1) in the smoke test.
     max_probability_difference: float
     deployed_at: str
     record_path: str
@@ -200,8 +208,6 @@ def _smoke_test(
 ) -> tuple[int, float]:
     features, _ = load_holdout(candidate.holdout_path, config.dataset_schema)
     features = features.head(config.smoke_test_rows)
-    expected_labels = offline.predict(features)
-    expected_probabilities = offline.predict_proba(features)[:, 1]
     response = http.post("/predict", json={"rows": json_rows(features)})
     if response.status_code != 200:
         raise DeployError(
@@ -213,16 +219,67 @@ def _smoke_test(
         raise DeployError(
             f"smoke test: endpoint answered with version {body.get('model_version')}, not {version}", retryable=True
         )
-    labels = np.asarray(body["predictions"])
-    probabilities = np.asarray(body["probabilities"], dtype=float)
-    mismatched = int((labels != expected_labels).sum())
-    difference = float(np.max(np.abs(probabilities - expected_probabilities))) if len(probabilities) else 0.0
-    if mismatched or difference > 1e-6:
+    mismatched, difference, what = _disagreement(offline, features, body)
+    if mismatched or difference > SMOKE_TOLERANCE:
         raise DeployError(
             f"smoke test: the endpoint disagrees with the offline model on {mismatched} of {len(features)} "
-            f"held-out rows (max probability difference {difference:.3g})"
+            f"held-out rows (max {what} difference {difference:.3g})"
         )
     return len(features), difference
+
+
+def _disagreement(offline: Any, features: pd.DataFrame, body: dict[str, Any]) -> tuple[int, float, str]:
+    """(rows the endpoint answers differently from the offline model, the largest difference of a probability or
+    of a regressor's number, which of the two). A classifier's rows differ by label, and its probabilities (of the
+    positive class for binary, of each class for multiclass) by the largest difference; a regressor's rows differ
+    by their number beyond SMOKE_TOLERANCE, relative to the number's size when that is above 1. Raises DeployError
+    for an answer of the wrong shape."""
+    predictions = body.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(features):
+        raise DeployError(f"smoke test: expected {len(features)} predictions, got {str(predictions)[:300]}")
+    if is_regressor(offline):
+        expected = np.asarray(offline.predict(features), dtype=float)
+        got = _numbers(predictions, "a regressor's predictions")
+        differences = np.abs(got - expected) / np.maximum(1.0, np.abs(expected))
+        return int((~(differences <= SMOKE_TOLERANCE)).sum()), _largest(differences), "prediction"
+    expected_labels = [json_value(label) for label in offline.predict(features)]
+    wrong_label = np.array([got != want for got, want in zip(predictions, expected_labels, strict=True)])
+    expected_probabilities = offline.predict_proba(features)
+    classes = [json_value(c) for c in offline.classes_]
+    probabilities = body.get("probabilities")
+    if len(classes) == 2:  # binary: P(positive), the last class
+        got = _numbers(probabilities, "the probabilities")[:, None]
+        expected_probabilities = expected_probabilities[:, -1:]
+    else:
+        got = _class_probabilities(probabilities, [str(c) for c in classes])
+    if got.shape != expected_probabilities.shape:
+        raise DeployError(f"smoke test: expected {len(features)} probabilities, got {str(probabilities)[:300]}")
+    differences = np.abs(got - expected_probabilities).max(axis=1, initial=0.0)
+    return int(wrong_label.sum()), _largest(differences), "probability"
+
+
+def _largest(differences: np.ndarray) -> float:
+    return float(np.max(differences)) if len(differences) else 0.0
+
+
+def _numbers(values: Any, what: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise DeployError(f"smoke test: {what} must be a list of numbers, got {str(values)[:300]}")
+    return np.asarray(values, dtype=float)
+
+
+def _class_probabilities(rows: Any, keys: list[str]) -> np.ndarray:
+    """A multiclass answer's probabilities ({class label as text: p} per row) as a matrix in the model's class
+    order; DeployError if a row does not name exactly the model's classes."""
+    if not isinstance(rows, list):
+        raise DeployError(f"smoke test: expected the probabilities of each class, got {str(rows)[:300]}")
+    for row in rows:
+        if not isinstance(row, dict) or sorted(row) != sorted(keys):
+            raise DeployError(
+                f"smoke test: the endpoint's probabilities do not name the model's classes {keys[:20]}: "
+                f"{str(row)[:300]}"
+            )
+    return _numbers([row[key] for row in rows for key in keys], "the probabilities").reshape(len(rows), len(keys))
 
 
 def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision: ValidationDecision) -> DeployResult:
