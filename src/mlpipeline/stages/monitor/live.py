@@ -1,8 +1,12 @@
 """Probes of the live model endpoint: health and served version, single-row and batch predictions on held-out
-rows (answers checked, live accuracy), and latency against the budget."""
+rows (answers checked, live accuracy; for a regressor live MAE and RMSE), and latency against the budget.
+
+Answers are checked as the task says (the serving contract): binary, labels and P(positive) in [0, 1]; multiclass,
+labels among ``classes`` and per row a probability for each class, summing to 1; regression, finite numbers."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +17,14 @@ import pandas as pd
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.payload import json_rows
+from mlpipeline.tasks import TASKS
 
 _MAX_ERRORS_KEPT = 10
-# Batch and single-row answers must agree to this (different BLAS paths may differ in the last bits).
+# Batch and single-row answers must agree to this (different BLAS paths may differ in the last bits); a regressor's
+# numbers relative to their size above 1.
 _BATCH_TOLERANCE = 1e-6
+# A multiclass answer's probabilities of one row sum to 1 within this.
+_SUM_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -24,6 +32,7 @@ class LiveChecks:
     """What the probes found. ``problems`` are ill health (the stage fails); ``alerts`` are only reported."""
 
     latency_budget_ms: float
+    task: str | None = None  # binary / multiclass / regression; None: as each answer's shape says
     health: dict[str, Any] | None = None
     served_version: str | None = None
     requests: int = 0
@@ -32,6 +41,7 @@ class LiveChecks:
     latencies_ms: list[float] = field(default_factory=list)  # of the single-row requests
     correct: int = 0
     scored: int = 0
+    absolute_errors: list[float] = field(default_factory=list)  # regression: |prediction - truth| per scored row
     batch: dict[str, Any] = field(default_factory=dict)  # latency_ms, rows, disagreements, ok: as far as it got
     problems: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
@@ -48,10 +58,20 @@ class LiveChecks:
 
     @property
     def live_accuracy(self) -> float | None:
+        if self.task == "regression":
+            return None
         return self.correct / self.scored if self.scored else None
 
+    @property
+    def live_mae(self) -> float | None:
+        return float(np.mean(self.absolute_errors)) if self.absolute_errors else None
+
+    @property
+    def live_rmse(self) -> float | None:
+        return float(np.sqrt(np.mean(np.square(self.absolute_errors)))) if self.absolute_errors else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record = {
             "requests": self.requests,
             "failures": self.failures,
             "errors": self.errors,
@@ -64,6 +84,9 @@ class LiveChecks:
             "batch": self.batch,
             "seconds": round(self.seconds, 3),
         }
+        if self.task == "regression":  # classification records keep their keys
+            record.update(live_mae=self.live_mae, live_rmse=self.live_rmse)
+        return record
 
 
 def probe_endpoint(
@@ -74,6 +97,7 @@ def probe_endpoint(
     Without ``holdout`` only the health is checked (the caller records that as a monitoring failure).
     """
     started = time.perf_counter()
+    live.task = config.task if config.task in TASKS else None
     url = config.serving_url
     timeout = httpx.Timeout(config.serving_timeout_seconds, connect=min(10.0, config.serving_timeout_seconds))
     with httpx.Client(base_url=url, timeout=timeout) as http:
@@ -117,13 +141,18 @@ def _check_health(http: httpx.Client, url: str, expected_version: str | None, li
     return True
 
 
-def _sample(config: PipelineConfig, holdout: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
-    """A seeded sample of ``monitor_requests`` held-out rows (as JSON rows) and their true labels."""
+def _sample(config: PipelineConfig, holdout: pd.DataFrame) -> tuple[list[dict[str, Any]], list[Any]]:
+    """A seeded sample of ``monitor_requests`` held-out rows (as JSON rows) and their true targets (labels as
+    :func:`_label_key`, a regression target as a float)."""
     schema = config.dataset_schema
     order = np.random.default_rng(config.random_state).permutation(len(holdout))
     picks = np.resize(order, config.monitor_requests)  # cycles when there are fewer rows than requests
     sample = holdout.iloc[picks].reset_index(drop=True)
-    return json_rows(sample[schema.feature_names]), [_label_key(v) for v in sample[schema.target]]
+    if config.task == "regression":
+        truth: list[Any] = [float(v) for v in sample[schema.target]]
+    else:
+        truth = [_label_key(v) for v in sample[schema.target]]
+    return json_rows(sample[schema.feature_names]), truth
 
 
 def _label_key(value: Any) -> str:
@@ -137,25 +166,62 @@ def _label_key(value: Any) -> str:
     return str(value)
 
 
-def _check_answer(response: httpx.Response, rows: int, version: str | None) -> dict[str, Any]:
-    """The parsed body of a good /predict answer; raises ValueError describing what is wrong."""
+def _answer_task(body: dict[str, Any]) -> str:
+    """The task an answer's shape says: no probabilities, a regressor; a probability per class, multiclass."""
+    probabilities = body.get("probabilities")
+    if probabilities is None:
+        return "regression"
+    first = probabilities[0] if isinstance(probabilities, list) and probabilities else None
+    return "multiclass" if isinstance(first, dict) else "binary"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_answer(response: httpx.Response, rows: int, version: str | None, task: str | None) -> dict[str, Any]:
+    """The parsed body of a good /predict answer for a ``task`` model; raises ValueError describing what is wrong."""
     if response.status_code != 200:
         raise ValueError(f"HTTP {response.status_code}: {response.text[:300]}")
     body = response.json()
     predictions, probabilities = body.get("predictions"), body.get("probabilities")
     if not isinstance(predictions, list) or len(predictions) != rows:
         raise ValueError(f"expected {rows} prediction(s), got {str(predictions)[:200]}")
-    if not isinstance(probabilities, list) or len(probabilities) != rows:
+    task = task or _answer_task(body)
+    if task == "regression":
+        if not all(_is_number(p) for p in predictions):
+            raise ValueError(f"expected a finite number per row from a regressor, got {str(predictions)[:200]}")
+    elif not isinstance(probabilities, list) or len(probabilities) != rows:
         raise ValueError(f"expected {rows} probabilities, got {str(probabilities)[:200]}")
-    if not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in probabilities):
+    elif task == "multiclass":
+        _check_class_probabilities(predictions, probabilities, body.get("classes"))
+    elif not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in probabilities):
         raise ValueError(f"probabilities outside [0, 1]: {str(probabilities)[:200]}")
     if version is not None and str(body.get("model_version")) != version:
         raise ValueError(f"answered by version {body.get('model_version')}, not {version}")
     return body
 
 
+def _check_class_probabilities(predictions: list[Any], probabilities: list[Any], classes: Any) -> None:
+    """Multiclass: labels among ``classes``, and per row a probability in [0, 1] for each class, summing to 1."""
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise ValueError(f"expected the model's classes with a multiclass answer, got {str(classes)[:200]}")
+    keys = [str(c) for c in classes]
+    known = {_label_key(c) for c in classes}
+    for row, (label, answer) in enumerate(zip(predictions, probabilities, strict=True)):
+        if _label_key(label) not in known:
+            raise ValueError(f"row {row}: label {str(label)[:100]} is not one of the classes {keys[:20]}")
+        if not isinstance(answer, dict) or sorted(answer) != sorted(keys):
+            raise ValueError(f"row {row}: expected a probability for each class {keys[:20]}, got {str(answer)[:200]}")
+        values = list(answer.values())
+        if not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in values):
+            raise ValueError(f"row {row}: probabilities outside [0, 1]: {str(answer)[:200]}")
+        if abs(sum(values) - 1.0) > _SUM_TOLERANCE:
+            raise ValueError(f"row {row}: probabilities sum to {sum(values):.9g}, not 1")
+
+
 def _single_row_checks(
-    http: httpx.Client, rows: list[dict[str, Any]], truth: list[str], live: LiveChecks
+    http: httpx.Client, rows: list[dict[str, Any]], truth: list[Any], live: LiveChecks
 ) -> list[dict[str, Any] | None]:
     """One request per row, timed and checked; returns each good answer (None where the request failed)."""
     singles: list[dict[str, Any] | None] = []
@@ -165,14 +231,19 @@ def _single_row_checks(
         try:
             response = http.post("/predict", json={"rows": [row]})
             live.latencies_ms.append((time.perf_counter() - started) * 1000)
-            body = _check_answer(response, 1, live.served_version)
+            body = _check_answer(response, 1, live.served_version, live.task)
         except (httpx.HTTPError, ValueError) as exc:
             live.fail(f"single-row check: {type(exc).__name__}: {exc}")
             singles.append(None)
             continue
         singles.append(body)
-        live.scored += 1
-        live.correct += int(_label_key(body["predictions"][0]) == label)
+        if live.task == "regression":
+            if math.isfinite(label):  # a row without a known target cannot be scored
+                live.scored += 1
+                live.absolute_errors.append(abs(body["predictions"][0] - label))
+        else:
+            live.scored += 1
+            live.correct += int(_label_key(body["predictions"][0]) == label)
     return singles
 
 
@@ -185,24 +256,29 @@ def _batch_check(
     try:
         response = http.post("/predict", json={"rows": rows})
         live.batch["latency_ms"] = (time.perf_counter() - started) * 1000
-        body = _check_answer(response, len(rows), live.served_version)
+        body = _check_answer(response, len(rows), live.served_version, live.task)
     except (httpx.HTTPError, ValueError) as exc:
         live.fail(f"batch check ({len(rows)} rows): {type(exc).__name__}: {exc}")
         live.batch["ok"] = False
         return
-    disagree = [
-        i
-        for i, single in enumerate(singles)
-        if single is not None
-        and (
-            _label_key(single["predictions"][0]) != _label_key(body["predictions"][i])
-            or abs(single["probabilities"][0] - body["probabilities"][i]) > _BATCH_TOLERANCE
-        )
-    ]
+    disagree = [i for i, single in enumerate(singles) if single is not None and _disagree(single, body, i)]
     live.batch.update(rows=len(rows), disagreements=len(disagree))
     live.batch["ok"] = not disagree
     if disagree:
         live.fail(f"batch and single-row answers disagree on {len(disagree)} of {len(rows)} rows")
+
+
+def _disagree(single: dict[str, Any], batch: dict[str, Any], row: int) -> bool:
+    """Whether the single-row answer and row ``row`` of the batch answer differ (label, probabilities or number)."""
+    one, other = single["predictions"][0], batch["predictions"][row]
+    if single.get("probabilities") is None:  # a regressor's numbers
+        return not abs(one - other) <= _BATCH_TOLERANCE * max(1.0, abs(other))
+    if _label_key(one) != _label_key(other):
+        return True
+    p, q = single["probabilities"][0], batch["probabilities"][row]
+    if isinstance(p, dict):  # multiclass: every class's probability
+        return not (isinstance(q, dict) and all(abs(p[key] - q.get(key, math.inf)) <= _BATCH_TOLERANCE for key in p))
+    return abs(p - q) > _BATCH_TOLERANCE
 
 
 def _judge(live: LiveChecks) -> None:
