@@ -139,6 +139,13 @@ class Registry:
         self.experiment_id = self.client.create_experiment("training", artifact_location=str(root / "artifacts"))
         self._base: dict[int, LoggedModel] = {}
 
+    def use(self) -> None:
+        """Point the process-global fluent API here again: other tests (any stage's use_tracking) move it."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
     def log_model(
         self,
         name: str,
@@ -154,6 +161,7 @@ class Registry:
         import mlflow
         from mlflow.models import infer_signature
 
+        self.use()
         data = make_frame(rows, seed=seed)
         train, test = data.iloc[: rows * 3 // 4], data.iloc[rows * 3 // 4 :]
         X, y = train[FEATURES], train[TARGET]
@@ -206,6 +214,7 @@ class Registry:
         """A new version of ``name`` backed by an already logged model (as the deploy stage registers)."""
         from mlflow.exceptions import MlflowException
 
+        self.use()  # MLflow resolves a models:/m-<id> source through the global URI
         with contextlib.suppress(MlflowException):  # already exists
             self.client.create_registered_model(name)
         created = self.client.create_model_version(
