@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -187,9 +188,20 @@ def _serving_summary(serving_url: str, config: PipelineConfig | None, holdout: s
     answer = httpx.post(f"{serving_url}/predict", json={"rows": row}, timeout=10).json()
     print(f"  one prediction    : POST /predict {_short(row[0], 160)}")
     probabilities = answer.get("probabilities")
-    shown = "" if probabilities is None else f" p={_short(probabilities, 160)}"
-    predictions = _short(answer.get("predictions"), 60)
+    shown = "" if probabilities is None else f" p={_short(_rounded(probabilities), 160)}"
+    predictions = _short(_rounded(answer.get("predictions")), 60)
     print(f"                      -> {predictions}{shown} (model v{answer.get('model_version')})")
+
+
+def _rounded(value: Any) -> Any:
+    """Numbers to 4 decimals, in lists and dicts too (a summary line, not the answer)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
 
 
 def _short(value: object, limit: int) -> str:
