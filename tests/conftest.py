@@ -14,32 +14,17 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
-import pytest
 
-from mlpipeline.dev.localstack import LocalStack, Ports
+from mlpipeline.dev.localstack import LocalStack
 from tests import services
 
 
 def pytest_report_header() -> str:
     return services.describe()
-
-
-@pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A migrated Airflow home (SQLite) plus the live data source, SMTP catcher and model server."""
-    stack = LocalStack(root=tmp_path_factory.mktemp("stack"), ports=Ports.free(), dataset_rows=3000)
-    try:
-        stack.init_airflow()
-        stack.airflow("dags", "reserialize")  # so the DAG exists in the metadata DB before its first run
-        stack.start_services()
-        yield stack
-    finally:
-        stack.stop()
 
 
 def dags_test(stack: LocalStack, conf: dict) -> tuple[str, dict[str, str | None]]:
