@@ -515,7 +515,7 @@ def _revive(value: Any) -> Any:
     return value
 
 
-def render(results: dict[str, dict[str, Any]]) -> list[Section]:
+def render_saved(results: dict[str, dict[str, Any]]) -> list[Section]:
     """Re-write the sections from saved results (bench/results/*.json) after a change to the report only."""
     o, f = _revive(results["orchestration"]), _revive(results["scaleout"])
     variants = [(name, data) for name, data in o["variants"]]

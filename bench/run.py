@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         for name in chosen:
             module = importlib.import_module(f"bench_{name}")
+            render_saved = getattr(module, "render_saved", None)
+            if render_saved is None:  # its tables need the live run's objects: only a run writes them
+                print(f"== {name}: no --render (run it to re-write its tables)", flush=True)
+                continue
             saved = {path.stem: json.loads(path.read_text()) for path in RESULTS_DIR.glob("*.json")}
-            for section in module.render(saved):
+            for section in render_saved(saved):
                 result = saved[section.name]
                 update_benchmarks_md(section, quick=result["quick"], facts=result["machine"])
                 print(section.markdown, flush=True)
