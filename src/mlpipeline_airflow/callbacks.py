@@ -32,6 +32,7 @@ from airflow.sdk import Variable
 from mlpipeline.config import ConfigError, PipelineConfig, build_config, read_config
 from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, run_key
+from mlpipeline_airflow.failures import last_failure
 from mlpipeline_airflow.notifications import send_email
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def notify_failure(context: dict[str, Any]) -> None:
     if marker is False:
         log.info("this failure was emailed already")
         return
-    error = context.get("exception")
+    error = context.get("exception") or last_failure(ti)
     email = notify.failure_email(
         dag_id=ti.dag_id,
         task_id=ti.task_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -143,11 +144,34 @@ def test_threshold_out_of_reach_alerts_and_keeps_the_champion(airflow_stack: Loc
     assert any(s.startswith("[ml_pipeline] retrain needed") for s in mailbox_subjects(airflow_stack))
 
 
-def test_invalid_config_fails_the_first_task_and_emails_the_failure(airflow_stack: LocalStack) -> None:
-    _, states = dags_test(airflow_stack, {"accuracy_threshold": 7})
+@pytest.mark.parametrize(
+    ("conf", "reason"),
+    [
+        ({"accuracy_threshold": 7}, "metric_threshold 7.0 is outside what accuracy can be"),
+        (
+            {"task": "regression", "validation_metric": "accuracy"},
+            "validation_metric 'accuracy' does not fit a regression task; metrics that fit: rmse, mae, r2",
+        ),
+    ],
+    ids=["threshold-out-of-range", "metric-of-another-task"],
+)
+def test_invalid_config_fails_the_first_task_and_emails_the_failure(
+    airflow_stack: LocalStack, conf: dict, reason: str
+) -> None:
+    from mlpipeline.dev.mailcatcher import read_mailbox
+
+    _, states = dags_test(airflow_stack, conf)
     assert states["start"] == "failed"
     assert states["crawl_data"] == "upstream_failed"
-    assert any("FAILED: ml_pipeline.start" in s for s in mailbox_subjects(airflow_stack))
+    failures = [m for m in read_mailbox(airflow_stack.mail_dir) if "FAILED: ml_pipeline.start" in str(m["subject"])]
+    assert any(reason in _text(message) for message in failures), reason
+
+
+def _text(message: Any) -> str:
+    """The decoded text of every part of an email (bodies may be quoted-printable or base64)."""
+    return " ".join(
+        str(part.get_content()) for part in message.walk() if part.get_content_maintype() == "text"
+    ).replace("&#x27;", "'")
 
 
 def _registered_versions(stack: LocalStack) -> set[str]:
