@@ -19,6 +19,7 @@ from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.notifications import send_email
+from mlpipeline_airflow.params import run_params, without_empty
 from mlpipeline_airflow.runs import current_run_key
 from mlpipeline_airflow.settings import (
     DEPLOY_POOL,
@@ -70,6 +71,9 @@ default, or whatever dataset the Variables describe).
 Each task calls one function of the `mlpipeline` library; data moves as files under `data_dir`
 (`raw/<run>/`, `processed/<run>/`, `models/<run>/`, `runs/<run>/`), XCom carries only paths and small records.
 
+**Trigger form**: the settings a run may change, each with its type, bounds and choices; an empty field means the
+Variable's value.
+
 **Configuration**: one Airflow Variable per setting (`crawl_url`, `task`, `ml_model_type`, `candidates`,
 `metric_threshold`, `test_size`, `random_state`, `notification_email`, `dataset_schema`, ...); a trigger's `conf`
 may change, for one run, how a model is trained and judged (e.g. `{"metric_threshold": 0.9}`), never
@@ -92,7 +96,7 @@ def start() -> Record:
     (`runs/<run>/config.json`). Bad config fails here, at once, and is emailed."""
     from mlpipeline.stages.train import check_candidates
 
-    overrides = dict(get_current_context()["dag_run"].conf or {})
+    overrides = without_empty(dict(get_current_context()["dag_run"].conf or {}))  # empty form field: the Variable
     with fail_fast_on(ConfigError):
         config = load_config(lambda name: Variable.get(name, default=None), overrides)
         check_candidates(config)
@@ -307,7 +311,9 @@ def retrain_alert(record: Record) -> str:
     default_args=default_args,
     on_failure_callback=notify_run_failure,  # a failed run whose task failures were not emailed
     tags=["ml", "training", "deployment"],
+    description="Crawl, clean, train, judge and ship a model for a tabular dataset (binary, multiclass, regression)",
     doc_md=DOC,
+    params=run_params(),  # the trigger form: the settings a run may change, empty = the Variable
 )
 def ml_pipeline() -> None:
     end = EmptyOperator(
