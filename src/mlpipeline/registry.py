@@ -282,7 +282,7 @@ MODEL_NEUTRAL_SETTINGS = frozenset(
 # Settings that judge a model rather than shape it: part of "the same training", not of "the same model".
 JUDGING_SETTINGS = frozenset({"validation_metric", "metric_threshold", "champion_tolerance", "champion_margin"})
 # Where a model's behaviour is coded (relative to this package) and the libraries it is computed with.
-MODEL_SOURCES = ("features.py", "stages/train.py", "stages/etl")
+MODEL_SOURCES = ("features.py", "stages/train.py", "stages/evaluation.py", "stages/etl", "stages/schema.py", "tasks.py")
 MODEL_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow")
 
 

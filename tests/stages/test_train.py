@@ -14,7 +14,8 @@ from mlpipeline.config import ConfigError, PipelineConfig
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, SIGNING_KEY_ENV, IntegrityError, sign
 from mlpipeline.registry import load_sklearn_model
 from mlpipeline.stages.etl import EtlResult
-from mlpipeline.stages.train import TrainError, check_candidates, evaluate, features_and_target, train
+from mlpipeline.stages.evaluation import evaluate
+from mlpipeline.stages.train import TrainError, check_candidates, features_and_target, train
 from mlpipeline.stages.validate import select_best
 from tests.pipeline_data import Workspace, workspace
 

@@ -25,8 +25,9 @@ from mlpipeline.registry import (
     training_fingerprint,
     use_tracking,
 )
+from mlpipeline.stages.evaluation import evaluate, json_classes
 from mlpipeline.stages.notify import Email
-from mlpipeline.stages.train import POSITIVE_LABEL_TAG, TrainResult, evaluate, json_classes, load_holdout
+from mlpipeline.stages.train import POSITIVE_LABEL_TAG, TrainResult, load_holdout
 from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline.tasks import (
     CLASSIFICATION,
