@@ -119,3 +119,20 @@ def test_missing_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
             main(arguments)
         assert exited.value.code == 2
     assert "usage: python -m mlpipeline" in capsys.readouterr().err
+
+
+def test_report_writes_a_runs_html_and_prints_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlpipeline.__main__ import main
+    from mlpipeline.config import build_config
+
+    records = tmp_path / "data" / "runs" / "run-1"
+    records.mkdir(parents=True)
+    config = build_config({"data_dir": "somewhere/else", "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"})
+    (records / "config.json").write_text(config.model_dump_json())
+    assert main(["report", str(records)]) == 0
+    written = Path(capsys.readouterr().out.strip())
+    assert written == records.resolve() / "report.html"
+    assert "<html" in written.read_text().lower() and "not available" in written.read_text()
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run's records directory" in capsys.readouterr().err

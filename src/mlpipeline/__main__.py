@@ -5,6 +5,8 @@ Commands:
 * ``schema <url> --target <column>``: crawl the source once into a temporary directory, infer its dataset schema
   (:func:`mlpipeline.stages.schema.infer_schema`) and print it on stdout as the JSON the ``dataset_schema``
   Variable takes; the columns left out, each with its reason, go to stderr.
+* ``report <data_dir>/runs/<run>``: write the run's HTML report (:func:`mlpipeline.stages.report.build_report`:
+  decision, candidates, curves, importance, data profile, drift) and print where it is.
 
 Each command is a subparser whose ``handler`` takes the parsed arguments and returns the exit code; add one with
 an ``add_<command>_command(commands)`` function registered in :func:`build_parser`. Exit codes: 0 done, 2 bad
@@ -19,9 +21,10 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import get_args
 
-from mlpipeline.config import ConfigError, SourceFormat, build_config
+from mlpipeline.config import ConfigError, SourceFormat, build_config, read_config
 from mlpipeline.stages.crawl import CrawlError, crawl
 from mlpipeline.stages.schema import DEFAULT_SAMPLE_ROWS, SchemaError, infer_schema, schema_json
 from mlpipeline.storage import run_key
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Log what each step does (to stderr).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     add_schema_command(commands)
+    add_report_command(commands)
     return parser
 
 
@@ -90,6 +94,36 @@ def schema_command(args: argparse.Namespace) -> int:
         print("left out:", file=sys.stderr)
         for name, reason in excluded.items():
             print(f"  {name}: {reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_report_command(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report",
+        help="Write a run's HTML report and print its path.",
+        description="Read what a pipeline run left under <data_dir>/runs/<run>/ (its frozen config, decision, models,"
+        " data profile, drift) and write one self-contained HTML report with plots; print where it is.",
+    )
+    report.add_argument("records", help="The run's records directory, <data_dir>/runs/<run>/.")
+    report.add_argument("--out", default=None, help="Where to write the HTML (default: <records>/report.html).")
+    report.set_defaults(handler=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from mlpipeline.stages.report import build_report  # matplotlib: only for this command
+
+    records = Path(args.records)
+    frozen = [records / name for name in ("config.resolved.json", "config.json") if (records / name).is_file()]
+    if not frozen:
+        return _refuse(f"{records} holds no config.resolved.json or config.json: not a run's records directory")
+    try:
+        config = read_config(str(frozen[0]))
+        # The records directory says where the run's data is, wherever the command runs from.
+        config = config.model_copy(update={"data_dir": str(records.resolve().parent.parent)})
+        path = build_report(config, run=records.resolve().name, out_path=Path(args.out) if args.out else None)
+    except (ConfigError, OSError) as exc:
+        return _refuse(str(exc))
+    print(path)
     return EXIT_OK
 
 
