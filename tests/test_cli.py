@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import mlpipeline
 from mlpipeline.__main__ import main
 from mlpipeline.config import build_config
 
@@ -81,7 +82,9 @@ def test_module_entry_point_with_id_column_and_exclusions(served: str) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        # This checkout's src only: sys.path may hold a loaded model's code/ directory, whose partial copy of the
+        # mlpipeline package (features.py) would shadow the real one in the child.
+        env={**os.environ, "PYTHONPATH": str(Path(mlpipeline.__file__).resolve().parents[1])},
         check=False,
     )
     assert done.returncode == 0, done.stderr
