@@ -387,9 +387,11 @@ class PipelineConfig(BaseModel):
         """The bar of a resolved config's metric (``metric_threshold``, else the metric's default)."""
         if self.validation_metric is None:
             raise ValueError("the metric is not resolved yet: the ETL decides the task")
-        if self.metric_threshold is not None:
-            return self.metric_threshold
-        return METRICS[self.validation_metric].default_threshold
+        return self.threshold_for(self.validation_metric)
+
+    def threshold_for(self, metric: str) -> float | None:
+        """The bar ``metric`` is judged by: ``metric_threshold``, else the metric's default (None: no bar)."""
+        return self.metric_threshold if self.metric_threshold is not None else METRICS[metric].default_threshold
 
 
 def _within(metric: Metric, value: float) -> bool:

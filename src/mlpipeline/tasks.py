@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import pandas as pd
+
 TaskSetting = Literal["auto", "binary", "multiclass", "regression"]
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
@@ -117,3 +119,13 @@ def decide_task(*, numeric: bool, integral: bool, distinct: int) -> Task:
     if numeric and (not integral or distinct > AUTO_REGRESSION_MIN_DISTINCT):
         return "regression"
     return "binary" if distinct <= 2 else "multiclass"
+
+
+def task_of_target(values: pd.Series) -> Task:
+    """What ``auto`` decides for a target column already in memory (processed data, a holdout): the ETL's rule on
+    its known values (booleans are labels; text that all parses as numbers counts as numbers)."""
+    present = values.dropna()
+    numbers = None if pd.api.types.is_bool_dtype(present) else pd.to_numeric(present, errors="coerce")
+    numeric = numbers is not None and bool(numbers.notna().all())
+    integral = numeric and bool((numbers % 1 == 0).all())
+    return decide_task(numeric=numeric, integral=integral, distinct=int(present.nunique()))

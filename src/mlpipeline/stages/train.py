@@ -39,7 +39,7 @@ from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.stages.evaluation import evaluate, json_classes
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
-from mlpipeline.tasks import CLASSIFICATION, decide_task
+from mlpipeline.tasks import CLASSIFICATION, task_of_target
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,7 @@ def task_of(config: PipelineConfig, target: pd.Series) -> str:
     the processed target column says, by the rule the ETL applies (``tasks.decide_task``)."""
     if config.task != "auto":
         return config.task
-    present = target.dropna()
-    numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
-    integral = numeric and bool((present == np.floor(present)).all())
-    task = decide_task(numeric=numeric, integral=integral, distinct=int(present.nunique()))
+    task = task_of_target(target)
     log.warning("the config's task is auto (not resolved by the ETL): the processed target says %s", task)
     return task
 

@@ -32,7 +32,6 @@ from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline.tasks import (
     CLASSIFICATION,
     DEFAULT_METRIC,
-    METRICS,
     check_metric_fits,
     higher_is_better,
     is_better,
@@ -105,7 +104,7 @@ def validate(
     task = _task(config, candidate)
     metric = config.validation_metric or DEFAULT_METRIC[task]
     check_metric_fits(metric, task)
-    threshold = config.metric_threshold if config.metric_threshold is not None else METRICS[metric].default_threshold
+    threshold = config.threshold_for(metric)
     score = float(candidate.metrics.get(metric, float("nan")))
     reasons: list[str] = []
     if ranking and len(ranking) > 1:

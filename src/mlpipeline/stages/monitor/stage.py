@@ -14,7 +14,7 @@ from mlpipeline.stages.monitor.live import LiveChecks, probe_endpoint
 from mlpipeline.stages.monitor.report import REPORT_FILE, MlflowRecord, MonitorError, MonitorReport
 from mlpipeline.stages.monitor.tracking import record_to_mlflow
 from mlpipeline.storage import DataLayout, atomic_write_json, run_key
-from mlpipeline.tasks import decide_task
+from mlpipeline.tasks import task_of_target
 
 
 def monitor(
@@ -151,11 +151,7 @@ def task_of(config: PipelineConfig, current: pd.DataFrame) -> str | None:
     target = config.dataset_schema.target
     if target not in current:
         return None
-    values = current[target].dropna()
-    numbers = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_bool_dtype(values) else None
-    numeric = numbers is not None and bool(numbers.notna().all())
-    integral = numeric and bool((numbers % 1 == 0).all())
-    return decide_task(numeric=numeric, integral=integral, distinct=int(values.nunique()))
+    return task_of_target(current[target])
 
 
 def _prediction_drift(
