@@ -133,29 +133,33 @@ def _binary_curves(context: ReportContext) -> tuple[list[tuple[str, Any, Any]], 
     return curves, missing
 
 
-def roc_and_precision_recall(context: ReportContext) -> str:
+def _binary_curves_or_why(context: ReportContext, drawn: str) -> tuple[list[tuple[str, Any, Any]], str] | str:
+    """The binary candidates' curves and a note on those missing, or why ``drawn`` cannot be drawn here."""
     if not context.records.candidates:
         return unavailable(context.records.why_absent("models"))
     if context.task != "binary":
-        return unavailable(f"ROC and precision-recall curves are drawn for binary tasks; this run is {context.task}")
+        return unavailable(f"{drawn} drawn for binary tasks; this run is {context.task}")
     curves, missing = _binary_curves(context)
     if not curves:
         return unavailable(f"no candidate's model could answer on its held-out rows ({missing})")
-    note = unavailable(missing) if missing else ""
+    return curves, unavailable(missing) if missing else ""
+
+
+def roc_and_precision_recall(context: ReportContext) -> str:
+    found = _binary_curves_or_why(context, "ROC and precision-recall curves are")
+    if isinstance(found, str):
+        return found
+    curves, note = found
     positive = context.positive_label
     said = paragraph(f"positive class: {positive}; {len(curves[0][1])} held-out rows") if positive else ""
     return said + image(plots.roc_and_precision_recall(curves), "ROC and precision-recall curves") + note
 
 
 def calibration(context: ReportContext) -> str:
-    if not context.records.candidates:
-        return unavailable(context.records.why_absent("models"))
-    if context.task != "binary":
-        return unavailable(f"the calibration curve is drawn for binary tasks; this run is {context.task}")
-    curves, missing = _binary_curves(context)
-    if not curves:
-        return unavailable(f"no candidate's model could answer on its held-out rows ({missing})")
-    note = unavailable(missing) if missing else ""
+    found = _binary_curves_or_why(context, "the calibration curve is")
+    if isinstance(found, str):
+        return found
+    curves, note = found
     return image(plots.calibration(curves), "calibration curve") + note
 
 
