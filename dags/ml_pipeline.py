@@ -16,24 +16,27 @@ from airflow.sdk import Label, TriggerRule, Variable, dag, get_current_context, 
 from mlpipeline.config import ConfigError, load_config, read_config
 from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, atomic_write_json
+from mlpipeline_airflow.assets import RETRAIN_REQUEST
 from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.notifications import send_email
 from mlpipeline_airflow.params import run_params, without_empty
-from mlpipeline_airflow.runs import current_run_key
+from mlpipeline_airflow.runs import current_run_key, retrain_requests
 from mlpipeline_airflow.settings import (
     DEPLOY_POOL,
     QUEUE_DEFAULT,
     QUEUE_IO,
     QUEUE_TRAINING,
     TRAINING_POOL,
+    asset_or_time_schedule,
     schedule_from_env,
 )
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "ml_pipeline"
-SCHEDULE = schedule_from_env("ML_PIPELINE_SCHEDULE")
+# Daily (or as ML_PIPELINE_SCHEDULE says), and whenever `model_monitoring` asks for a retrain (an Asset event).
+SCHEDULE = asset_or_time_schedule(schedule_from_env("ML_PIPELINE_SCHEDULE"), RETRAIN_REQUEST)
 # One run at a time (compose and README say the same): a second run would mostly queue behind the first for the
 # training and deploy pools. Above 1 the champion is still safe (deploys are serialised and compare-and-set).
 MAX_ACTIVE_RUNS = int(os.environ.get("ML_PIPELINE_MAX_ACTIVE_RUNS", "1"))
@@ -93,7 +96,8 @@ Each task adds its own entry and passes the whole record on, so every edge of th
 @task
 def start() -> Record:
     """Resolve the Variables and the run's conf into one validated config, frozen for the whole run
-    (`runs/<run>/config.json`). Bad config fails here, at once, and is emailed."""
+    (`runs/<run>/config.json`). Bad config fails here, at once, and is emailed. A run that live monitoring asked
+    for records why (`runs/<run>/trigger.json`)."""
     from mlpipeline.stages.train import check_candidates
 
     overrides = without_empty(dict(get_current_context()["dag_run"].conf or {}))  # empty form field: the Variable
@@ -103,7 +107,13 @@ def start() -> Record:
     run = current_run_key()
     path = DataLayout.of(config.data_dir).run_records(run) / "config.json"
     atomic_write_json(path, json.loads(config.model_dump_json()))
-    return {"config_path": str(path), "run": run}
+    record: Record = {"config_path": str(path), "run": run}
+    requests = retrain_requests()
+    if requests:
+        log.info("retraining requested: %s", "; ".join(str(r.get("reason")) for r in requests))
+        atomic_write_json(path.parent / "trigger.json", {"retrain_requests": requests})
+        record["retrain_requests"] = [str(r.get("reason")) for r in requests]
+    return record
 
 
 @task

@@ -4,6 +4,10 @@ Variable (that would be a call per parse). One home for the names both DAGs use.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
 
 
 def schedule_from_env(name: str, default: str = "@daily") -> str | None:
@@ -20,3 +24,14 @@ QUEUE_TRAINING = os.environ.get("ML_PIPELINE_QUEUE_TRAINING", "training")
 TRAINING_POOL = os.environ.get("ML_PIPELINE_TRAINING_POOL", "training")
 # One slot: deploys never overlap, whatever runs are active (deploy itself also checks the alias before moving it).
 DEPLOY_POOL = os.environ.get("ML_PIPELINE_DEPLOY_POOL", "deploy")
+
+
+def asset_or_time_schedule(cron: str | None, asset: Asset) -> Any:
+    """``cron`` or an event of ``asset``, whichever comes first; only the asset for ``cron`` None (manual runs
+    and asset events)."""
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    if cron is None:
+        return [asset]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[asset])

@@ -1,0 +1,82 @@
+"""The prediction log: what the model server answered, and the outcomes that arrive later (feedback).
+
+Written by the model server (:mod:`mlpipeline.serving`, off the request path), read by live monitoring
+(``model_monitoring``). Plain SQLAlchemy Core tables, so the same schema lives in the stack's PostgreSQL (its own
+database) and in SQLite on the embedded default. Times are UNIX epoch seconds (floats): portable across both
+databases and cheap to window on.
+
+- ``prediction_requests``: one row per ``/predict`` request that was logged (sampled, answered or refused): its
+  id, when, the model version that answered (None if none did), rows, latency and HTTP status.
+- ``predictions``: one row per predicted input row of an answered request: the input (JSON object of the
+  columns), the answer (label or number) and, for a classifier, the probabilities (JSON).
+- ``feedback``: the actual outcome of one predicted row, posted later to ``/feedback``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+prediction_requests = Table(
+    "prediction_requests",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("served_at", Float, nullable=False),
+    Column("model_name", String(256), nullable=True),
+    Column("model_version", String(64), nullable=True),  # None: no model answered (e.g. 503)
+    Column("rows", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("error", Text, nullable=True),  # why a refused request was refused (short)
+    Index("ix_prediction_requests_served_at", "served_at"),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("row_index", Integer, primary_key=True),
+    Column("served_at", Float, nullable=False),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("features", JSON, nullable=False),  # the input row as sent: {column: value}
+    Column("prediction", JSON, nullable=False),  # the label (classifier) or the number (regressor)
+    Column("probabilities", JSON, nullable=True),  # classifier: P(positive) (binary) or {label: p} (multiclass)
+    Index("ix_predictions_served_at", "served_at"),
+    Index("ix_predictions_model", "model_name", "model_version"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("row_index", Integer, primary_key=True),
+    Column("actual", JSON, nullable=False),  # the true label / number of that row
+    Column("received_at", Float, nullable=False),
+)
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for the prediction log at ``url`` (``sqlite:////abs/path.db`` or ``postgresql://...``).
+    ``pool_pre_ping``: a database that restarted costs one reconnect, not a failed batch."""
+    if url.startswith("sqlite"):
+        return create_engine(url, connect_args={"timeout": 5}, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 5})
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the tables that do not exist yet (idempotent: every writer and reader may call it)."""
+    metadata.create_all(engine, checkfirst=True)
