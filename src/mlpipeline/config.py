@@ -195,6 +195,43 @@ class PipelineConfig(BaseModel):
     )
     monitor_requests: int = Field(default=50, ge=1, le=10_000, description="Live prediction checks.")
 
+    # --- live monitoring (the model_monitoring DAG, over the model server's prediction log) ---------------
+    prediction_log_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the model server's prediction log (sqlite:////abs/path.db or "
+        "postgresql://...); null: live traffic is not monitored.",
+    )
+    monitoring_window_hours: float = Field(
+        default=24.0, gt=0, le=24 * 90, description="Live traffic of the last N hours is judged."
+    )
+    monitoring_min_samples: int = Field(
+        default=200,
+        ge=10,
+        description="Fewer logged predictions (or fewer with feedback, for the live score) than this in the "
+        "window: 'not enough traffic', no verdict (PSI and a score on a few rows are mostly noise).",
+    )
+    live_score_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        description="Degraded when the live score on rows with feedback is worse than the champion's validation "
+        "score by more than this (in the metric's direction).",
+    )
+    retrain_cooldown_hours: float = Field(
+        default=24.0, ge=0, description="At most one retraining request per this many hours."
+    )
+    prediction_log_retention_days: float = Field(
+        default=30.0, gt=0, description="Logged predictions and feedback older than this are deleted."
+    )
+
+    # --- links (emails, the Airflow UI) ------------------------------------------------------------------
+    airflow_ui_url: str | None = Field(
+        default=None, description="Base URL of the Airflow UI, for links to a run; null: no links."
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the MLflow UI, for links to a run; null: the tracking URI if it is http(s).",
+    )
+
     # --- notifications ----------------------------------------------------------------------------------
     notification_email: list[str] = Field(
         default_factory=lambda: ["ml-team@example.com"], min_length=1, description="Recipients."
