@@ -10,6 +10,8 @@ databases and cheap to window on.
 - ``predictions``: one row per predicted input row of an answered request: the input (JSON object of the
   columns), the answer (label or number) and, for a classifier, the probabilities (JSON).
 - ``feedback``: the actual outcome of one predicted row, posted later to ``/feedback``.
+- ``monitoring_checks`` and ``monitoring_drift``: what each ``model_monitoring`` run found (the verdict, sample
+  sizes, live vs validation score; PSI and KS per feature), for dashboards (Grafana's PostgreSQL datasource).
 """
 
 from __future__ import annotations
@@ -66,6 +68,37 @@ feedback = Table(
     Column("row_index", Integer, primary_key=True),
     Column("actual", JSON, nullable=False),  # the true label / number of that row
     Column("received_at", Float, nullable=False),
+)
+
+monitoring_checks = Table(
+    "monitoring_checks",
+    metadata,
+    Column("check_id", String(64), primary_key=True),  # the monitoring DAG run's key
+    Column("checked_at", Float, nullable=False),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("verdict", String(32), nullable=False),  # healthy / degraded / not_enough_traffic
+    Column("window_start", Float, nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("predictions", Integer, nullable=False),  # logged predicted rows in the window
+    Column("with_feedback", Integer, nullable=False),
+    Column("metric", String(64), nullable=True),
+    Column("live_score", Float, nullable=True),
+    Column("validation_score", Float, nullable=True),
+    Column("error_rate", Float, nullable=True),
+    Column("latency_p95_ms", Float, nullable=True),
+    Column("details", JSON, nullable=False),  # the reasons and anything else of the record
+    Index("ix_monitoring_checks_checked_at", "checked_at"),
+)
+
+monitoring_drift = Table(
+    "monitoring_drift",
+    metadata,
+    Column("check_id", String(64), primary_key=True),
+    Column("feature", String(256), primary_key=True),  # a feature, or "__prediction__" for the model's answers
+    Column("psi", Float, nullable=True),
+    Column("ks_pvalue", Float, nullable=True),
+    Column("drifted", Integer, nullable=False),  # 1 / 0 (portable boolean)
 )
 
 
