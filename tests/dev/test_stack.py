@@ -8,7 +8,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from unittest import mock
@@ -32,7 +31,6 @@ from mlpipeline.dev.stack import (
     local_argv,
     resolve_services,
 )
-from tests.services import process_stack
 
 pytestmark = pytest.mark.airflow
 DAG = "ml_pipeline"
@@ -140,15 +138,7 @@ def test_every_queue_the_dag_uses_is_served_by_a_compose_worker() -> None:
 # --- the real thing --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
-    overrides = {"ML_PIPELINE_MAX_ACTIVE_RUNS": "4", "TRAINING_POOL_SLOTS": "1", "DATASOURCE_ROWS": "3000"}
-    with process_stack(tmp_path_factory.mktemp("prodstack"), overrides) as running:
-        try:
-            running.up()
-            yield running
-        finally:
-            running.down()
+# The `stack` fixture (the running production stack, one per package run) is in tests/dev/conftest.py.
 
 
 def _secrets(stack: ProcessStack) -> dict[str, str]:
