@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient
 from mlpipeline.dev.mailcatcher import read_mailbox
 from mlpipeline.dev.stack import (
+    COMPOSE_ONLY_SERVICES,
     EXTERNAL_SERVICES,
     INIT_SERVICE,
     LOCAL_ONLY_FLAGS,
@@ -51,7 +52,8 @@ def _stack_for_inspection(tmp_path: Path) -> ProcessStack:
 def test_every_compose_service_runs_in_the_process_stack(tmp_path: Path) -> None:
     compose = load_compose()
     services = set(compose["services"])
-    assert services == {*EXTERNAL_SERVICES, INIT_SERVICE, *START_ORDER}
+    # Compose runs exactly what the process stack runs, plus the external and the compose-only services.
+    assert services == {*EXTERNAL_SERVICES, INIT_SERVICE, *START_ORDER, *COMPOSE_ONLY_SERVICES}
     for name in services - set(EXTERNAL_SERVICES):
         assert "healthcheck" in compose["services"][name] or name == INIT_SERVICE, f"{name} has no health check"
 

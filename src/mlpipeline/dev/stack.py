@@ -2,7 +2,9 @@
 
 Each compose service's entrypoint + command and environment are interpolated the way compose does
 (``${VAR:-default}``), with hosts set to 127.0.0.1, free ports and a given PostgreSQL and Redis, and run as a
-local process. What differs locally is listed in :data:`LOCAL_ONLY_FLAGS` and nowhere else.
+local process. What differs locally is listed in :data:`LOCAL_ONLY_FLAGS` and nowhere else; the services compose
+runs that have no local binary, with what stands in for them, in
+:data:`mlpipeline.dev.compose.COMPOSE_ONLY_SERVICES`.
 
     python -m mlpipeline.dev.stack up      # foreground; Ctrl-C stops everything (``make stack``)
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -23,17 +24,47 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
-import yaml
+import psycopg2
+from psycopg2 import sql
 
+from mlpipeline.dev.compose import (
+    COMPOSE_FILE,
+    COMPOSE_ONLY_SERVICES,
+    EXTERNAL_SERVICES,
+    PROMETHEUS_CONFIG,
+    ServiceSpec,
+    interpolate,
+    load_compose,
+    render_prometheus_config,
+    resolve_services,
+    stand_in_services,
+)
 from mlpipeline.dev.localstack import REPO_ROOT, ManagedProcess, StackError, free_port, new_fernet_key, stored_secrets
 from mlpipeline.dev.supervisor import RESTARTING_POLICIES, RestartPolicy, Supervisor
+from mlpipeline.storage import atomic_write_text
 
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
-# Given to the stack (the machine's own servers, or managed ones), not started by it.
-EXTERNAL_SERVICES = ("postgres", "redis")
+__all__ = [
+    "COMPOSE_FILE",
+    "COMPOSE_ONLY_SERVICES",
+    "EXTERNAL_SERVICES",
+    "INIT_SERVICE",
+    "LOCAL_ONLY_FLAGS",
+    "SERVICE_PORTS",
+    "START_ORDER",
+    "Postgres",
+    "ProcessStack",
+    "Redis",
+    "ServiceSpec",
+    "interpolate",
+    "load_compose",
+    "local_argv",
+    "main",
+    "resolve_services",
+    "stack_from_environment",
+]
+
 INIT_SERVICE = "airflow-init"
 # Services built from another image run from another virtualenv (deploy/mlflow.Dockerfile <-> .venv-mlflow).
 SERVICE_VIRTUALENVS: dict[str, Path] = {"mlflow": REPO_ROOT / ".venv-mlflow"}
@@ -45,12 +76,16 @@ LOCAL_ONLY_FLAGS: dict[str, list[str]] = {
     "airflow-worker": ["--skip-serve-logs"],
     "airflow-worker-training": ["--skip-serve-logs"],
 }
-# Start order; compose expresses the same with depends_on + health checks.
+# Programs the process stack runs from the machine (not from a virtualenv), and how to get them.
+LOCAL_BINARIES = {"prometheus": "apt-get install -y prometheus"}
+# Start order of what runs locally (compose services; "mailpit" runs its stand-in); compose expresses the same with
+# depends_on + health checks.
 START_ORDER = (
     "mlflow",
-    "mailcatcher",
+    "mailpit",
     "datasource",
     "model-server",
+    "prometheus",
     "airflow-apiserver",
     "airflow-dag-processor",
     "airflow-scheduler",
@@ -68,90 +103,12 @@ SERVICE_PORTS: dict[str, int] = {
     "MLFLOW_PORT": 5000,
     "MODEL_SERVER_PORT": 8000,
     "DATASOURCE_PORT": 8765,
-    "SMTP_PORT": 8025,
+    "SMTP_PORT": 1025,
     "SCHEDULER_HEALTH_PORT": 8974,
+    "PROMETHEUS_PORT": 9090,
+    "GRAFANA_PORT": 3000,
+    "MAILPIT_UI_PORT": 8025,
 }
-
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Compose's variable substitution: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1) or match.group(4)
-        operator, argument = match.group(2), match.group(3) or ""
-        value = env.get(name)
-        unset = value is None or (operator is not None and operator.startswith(":") and value == "")
-        if operator in (":-", "-") and unset:
-            return interpolate(argument, env)
-        if operator in (":?", "?") and unset:
-            raise StackError(f"{name}: {argument or 'required variable is not set'}")
-        return value or ""
-
-    return _VARIABLE.sub(replace, text)
-
-
-def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, env)
-    if isinstance(node, list):
-        return [_interpolate_tree(item, env) for item in node]
-    if isinstance(node, dict):
-        return {key: _interpolate_tree(value, env) for key, value in node.items()}
-    return node
-
-
-def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)  # resolves the YAML anchors and merge keys (<<: *airflow-common)
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """One compose service, interpolated: what runs, with which environment."""
-
-    name: str
-    argv: list[str]
-    environment: dict[str, str]
-    health_url: str | None
-    restart: str = "no"  # compose's restart policy
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    return [str(item) for item in value]
-
-
-def _health_url(service: dict[str, Any]) -> str | None:
-    test = " ".join(_as_list(service.get("healthcheck", {}).get("test")))
-    match = re.search(r"http://localhost:\d+/\S*", test)
-    return match.group(0).rstrip("'\"") if match else None
-
-
-def resolve_services(compose: dict[str, Any], env: Mapping[str, str]) -> dict[str, ServiceSpec]:
-    """Every service except the external ones, with compose's interpolation applied."""
-    specs = {}
-    for name, raw in compose["services"].items():
-        if name in EXTERNAL_SERVICES:
-            continue
-        service = _interpolate_tree(raw, env)
-        environment = {
-            key: "" if value is None else str(value) for key, value in service.get("environment", {}).items()
-        }
-        specs[name] = ServiceSpec(
-            name=name,
-            argv=_as_list(service.get("entrypoint")) + _as_list(service.get("command")),
-            environment=environment,
-            health_url=_health_url(service),
-            restart=str(service.get("restart", "no")),
-        )
-    return specs
 
 
 def local_argv(spec: ServiceSpec) -> list[str]:
@@ -167,8 +124,10 @@ def local_argv(spec: ServiceSpec) -> list[str]:
         program = str(bin_dir / "python") if venv else sys.executable
     elif (bin_dir / program).exists():
         program = str(bin_dir / program)
-    else:
-        program = shutil.which(program) or program
+    elif shutil.which(program):
+        program = str(shutil.which(program))
+    elif program in LOCAL_BINARIES:
+        raise StackError(f"{spec.name} needs {program}, which is not installed: {LOCAL_BINARIES[program]}")
     return [program, *args, *LOCAL_ONLY_FLAGS.get(spec.name, [])]
 
 
@@ -180,6 +139,12 @@ class Postgres:
     password: str
     airflow_db: str
     mlflow_db: str
+    # The model server's prediction log; "" means "<airflow_db>_prediction_log" (unique per stack, like the others).
+    prediction_log_db: str = ""
+
+    @property
+    def prediction_log_database(self) -> str:
+        return self.prediction_log_db or f"{self.airflow_db}_prediction_log"
 
 
 @dataclass(frozen=True)
@@ -231,6 +196,11 @@ class ProcessStack:
                 "MLFLOW_SERVICE_PASSWORD": secrets.token_urlsafe(16),
                 "MLPIPELINE_SERVING_TOKEN": secrets.token_urlsafe(32),
                 "MLPIPELINE_MODEL_SIGNING_KEY": secrets.token_hex(32),
+                # Compose requires them; nothing local uses them (Grafana and Mailpit are compose-only, and the
+                # process stack's prediction log uses the given PostgreSQL user).
+                "PREDICTION_LOG_READER_PASSWORD": secrets.token_urlsafe(16),
+                "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+                "MAILPIT_UI_PASSWORD": secrets.token_urlsafe(16),
             },
         )
 
@@ -252,6 +222,10 @@ class ProcessStack:
             "POSTGRES_PASSWORD": self.postgres.password,
             "AIRFLOW_DB_NAME": self.postgres.airflow_db,
             "MLFLOW_DB_NAME": self.postgres.mlflow_db,
+            # The prediction log: the given PostgreSQL user (compose creates a role of its own).
+            "PREDICTION_LOG_DB_NAME": self.postgres.prediction_log_database,
+            "PREDICTION_LOG_DB_USER": self.postgres.user,
+            "PREDICTION_LOG_DB_PASSWORD": self.postgres.password,
             "REDIS_HOST": self.redis.host,
             "REDIS_PORT": str(self.redis.port),
             "REDIS_DB": str(self.redis.db),
@@ -259,11 +233,15 @@ class ProcessStack:
             "AIRFLOW_API_HOST": local,
             "MLFLOW_HOST": local,
             "MODEL_SERVER_HOST": local,
+            "PROMETHEUS_HOST": local,
             "CRAWL_URL": f"http://{local}:{self.ports['DATASOURCE_PORT']}/api/records",
             "SMTP_CONNECTION": (
                 f"smtp://{local}:{self.ports['SMTP_PORT']}?disable_ssl=true&disable_tls=true&timeout=10&retry_limit=3"
             ),
             "AIRFLOW_PUBLIC_URL": f"http://{local}:{self.ports['AIRFLOW_API_PORT']}",
+            "MLFLOW_PUBLIC_URL": f"http://{local}:{self.ports['MLFLOW_PORT']}",
+            "PROMETHEUS_CONFIG": str(self.root / "prometheus" / "prometheus.yml"),
+            "PROMETHEUS_DATA_DIR": str(self.root / "prometheus" / "data"),
             "AIRFLOW_HOME_DIR": str(self.root / "airflow"),
             "AIRFLOW_DAGS_DIR": str(REPO_ROOT / "dags"),
             "AIRFLOW_LOGS_DIR": str(self.root / "logs" / "airflow"),
@@ -280,7 +258,9 @@ class ProcessStack:
         return values
 
     def services(self) -> dict[str, ServiceSpec]:
-        return resolve_services(load_compose(), self.variables())
+        """What runs locally: the compose services with their own commands, and the compose-only ones' stand-ins."""
+        variables = self.variables()
+        return {**resolve_services(load_compose(), variables), **stand_in_services(variables)}
 
     def _process_env(self, spec: ServiceSpec) -> dict[str, str]:
         # Only what compose gives a service: nothing of this kind leaks in from the caller's environment.
@@ -309,10 +289,48 @@ class ProcessStack:
         return f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
 
     @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['PROMETHEUS_PORT']}"
+
+    @property
+    def prediction_log_url(self) -> str:
+        """The model server's prediction log, as the model server and the monitoring tasks get it (compose's URL,
+        whose password, if any, libpq reads from PGPASSWORD)."""
+        return self.services()["model-server"].environment["MLPIPELINE_PREDICTION_LOG_URL"]
+
+    @property
     def mail_dir(self) -> Path:
         return self.root / "mail"
 
+    def create_prediction_log_database(self) -> None:
+        """deploy/postgres-init.sh's part for the process stack: the prediction log's database, if missing."""
+        pg = self.postgres
+        name = pg.prediction_log_database
+        connection = psycopg2.connect(
+            host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=pg.airflow_db, connect_timeout=10
+        )
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            connection.close()
+
+    def render_prometheus_config(self) -> Path:
+        """deploy/prometheus/prometheus.yml with the local targets, where PROMETHEUS_CONFIG says."""
+        path = Path(self.variables()["PROMETHEUS_CONFIG"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rendered = render_prometheus_config(
+            PROMETHEUS_CONFIG.read_text(encoding="utf-8"), self.ports, SERVICE_PORTS, "127.0.0.1"
+        )
+        atomic_write_text(path, rendered)
+        return path
+
     def init(self, specs: dict[str, ServiceSpec]) -> None:
+        self.create_prediction_log_database()
+        self.render_prometheus_config()
         spec = specs[INIT_SERVICE]
         init = ManagedProcess(INIT_SERVICE, local_argv(spec), self._process_env(spec), self._logs() / "init.log")
         init.start()
@@ -324,6 +342,7 @@ class ProcessStack:
     def up(self, names: tuple[str, ...] = START_ORDER, timeout: float = 180) -> None:
         specs = self.services()
         unknown = set(specs) - set(START_ORDER) - {INIT_SERVICE}
+        unknown |= set(load_compose()["services"]) - set(specs) - set(EXTERNAL_SERVICES) - set(COMPOSE_ONLY_SERVICES)
         if unknown:
             raise StackError(f"docker-compose.yaml has service(s) the process stack does not know: {sorted(unknown)}")
         for directory in ("data", "mail", "mlflow-artifacts", "logs/airflow"):
@@ -394,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.up()
         print(
             f"stack up: Airflow {stack.api_url} | Flower {stack.flower_url} | MLflow {stack.mlflow_url} | "
-            f"model server {stack.serving_url}; credentials in {stack.root / 'secrets.json'}; "
+            f"model server {stack.serving_url} | Prometheus {stack.prometheus_url} | mail in {stack.mail_dir}; "
+            f"credentials in {stack.root / 'secrets.json'}; "
             f"logs in {stack.root / 'logs'}",
             flush=True,
         )
@@ -420,6 +440,7 @@ def stack_from_environment(root: Path, env: Mapping[str, str]) -> ProcessStack:
             password=env.get("POSTGRES_PASSWORD") or "unused-with-trust-auth",
             airflow_db=env.get("AIRFLOW_DB_NAME", "airflow"),
             mlflow_db=env.get("MLFLOW_DB_NAME", "mlflow"),
+            prediction_log_db=env.get("PREDICTION_LOG_DB_NAME", "prediction_log"),
         ),
         redis=Redis(
             host=env.get("REDIS_HOST", "127.0.0.1"),
