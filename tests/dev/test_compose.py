@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from mlpipeline.dev.localstack import REPO_ROOT
+from tests import services
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 MLFLOW_PORT_OVERRIDE = REPO_ROOT / "deploy" / "compose.mlflow-port.yaml"
@@ -225,3 +226,137 @@ def test_the_model_server_is_unhealthy_without_a_model(rendered: tuple[dict[str,
     test = rendered[0]["services"]["model-server"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "curl", "--fail"] and test[-1].endswith("/health")
     assert "503" not in json.dumps(test)
+
+
+def test_mail_goes_to_mailpit_whose_ui_needs_the_env_credentials(
+    rendered: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    config, values = rendered
+    services = config["services"]
+    assert "mailcatcher" not in services
+    mailpit = services["mailpit"]
+    assert mailpit["image"].startswith("axllent/mailpit:")
+    assert mailpit["environment"]["MP_UI_AUTH"] == f"mail:{values['MAILPIT_UI_PASSWORD']}"
+    assert mailpit["environment"]["MP_SMTP_BIND_ADDR"].endswith(":1025")
+    assert [(port["published"], port["target"]) for port in _ports(mailpit)] == [(8025, 8025)]  # the UI, not SMTP
+    for name in AIRFLOW_WORKERS:
+        assert services[name]["environment"]["AIRFLOW_CONN_SMTP_DEFAULT"].startswith("smtp://mailpit:1025?")
+
+
+def _ports(service: dict[str, Any]) -> list[dict[str, int]]:
+    """Published ports as {published, target}, whichever form docker-compose renders them in."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            published, target = port.split(":")[-2:]
+            port = {"published": published, "target": target}
+        ports.append({"published": int(port["published"]), "target": int(port["target"])})
+    return ports
+
+
+def test_the_prediction_log_is_one_database_for_the_model_server_and_the_monitoring_tasks(
+    rendered: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    config, values = rendered
+    services = config["services"]
+    url = services["model-server"]["environment"]["MLPIPELINE_PREDICTION_LOG_URL"]
+    assert url == "postgresql+psycopg2://prediction_log@postgres:5432/prediction_log"  # no secret in the URL
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if name.startswith("airflow-") or name == "flower":
+            assert env["AIRFLOW_VAR_PREDICTION_LOG_URL"] == url, name
+            assert env["AIRFLOW_VAR_AIRFLOW_UI_URL"] == "http://localhost:8080", name
+            assert env["AIRFLOW_VAR_MLFLOW_UI_URL"] == "http://localhost:5000", name
+        # Its password reaches exactly the processes that open it (libpq reads PGPASSWORD).
+        if name in (*AIRFLOW_WORKERS, "model-server"):
+            assert env["PGPASSWORD"] == values["PREDICTION_LOG_DB_PASSWORD"], name
+        else:
+            assert "PGPASSWORD" not in env, name
+    postgres = services["postgres"]
+    assert postgres["environment"]["PREDICTION_LOG_DB_NAME"] == "prediction_log"
+    assert any("postgres-init.sh" in volume for volume in map(str, postgres["volumes"]))
+    assert "postgres" in services["model-server"]["depends_on"]
+
+
+def _psql(pg: Any, database: str, user: str, statement: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            pg.host,
+            "-p",
+            str(pg.port),
+            "-U",
+            user,
+            "-d",
+            database,
+            "-c",
+            statement,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PGPASSWORD": pg.password},
+        check=False,
+    )
+
+
+def test_postgres_init_creates_the_databases_and_the_roles_on_a_real_postgresql() -> None:
+    """deploy/postgres-init.sh as the postgres image runs it: MLflow's database, the prediction log's database owned
+    by its writer role, and Grafana's role that reads the writer's tables and writes nothing."""
+    if shutil.which("psql") is None:
+        pytest.fail("psql is not installed; install it (as root) with: apt-get install -y postgresql-client")
+    suffix = secrets.token_hex(4)
+    names = {
+        "MLFLOW_DB_NAME": f"mlp_test_{suffix}_mlflow",
+        "PREDICTION_LOG_DB_NAME": f"mlp_test_{suffix}_prediction_log",
+        "PREDICTION_LOG_DB_USER": f"mlp_test_{suffix}_writer",
+        "PREDICTION_LOG_READER_USER": f"mlp_test_{suffix}_reader",
+    }
+    writer, reader = names["PREDICTION_LOG_DB_USER"], names["PREDICTION_LOG_READER_USER"]
+    log_db = names["PREDICTION_LOG_DB_NAME"]
+    with services.postgres_server() as pg:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PGHOST": pg.host,
+            "PGPORT": str(pg.port),
+            "PGPASSWORD": pg.password,
+            "POSTGRES_USER": pg.user,
+            "POSTGRES_DB": "postgres",
+            "PREDICTION_LOG_DB_PASSWORD": secrets.token_urlsafe(16),
+            "PREDICTION_LOG_READER_PASSWORD": "it's-quoted",  # a quote must not break (or inject into) the SQL
+            **names,
+        }
+        try:
+            init = subprocess.run(
+                ["bash", str(REPO_ROOT / "deploy" / "postgres-init.sh")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                check=False,
+            )
+            assert init.returncode == 0, init.stderr
+            created = _psql(pg, log_db, writer, "CREATE TABLE checks (verdict text); INSERT INTO checks VALUES ('ok')")
+            assert created.returncode == 0, created.stderr
+            assert _psql(pg, log_db, reader, "SELECT verdict FROM checks").stdout.count("ok") == 1
+            refused = _psql(pg, log_db, reader, "INSERT INTO checks VALUES ('tampered')")
+            assert refused.returncode != 0 and "permission denied" in refused.stderr
+            assert _psql(pg, names["MLFLOW_DB_NAME"], pg.user, "SELECT 1").returncode == 0
+            # Without the variable it names, the script refuses to start.
+            missing = subprocess.run(
+                ["bash", str(REPO_ROOT / "deploy" / "postgres-init.sh")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={key: value for key, value in env.items() if key != "PREDICTION_LOG_READER_PASSWORD"},
+                check=False,
+            )
+            assert missing.returncode != 0 and "PREDICTION_LOG_READER_PASSWORD" in missing.stderr
+        finally:
+            for database in (names["MLFLOW_DB_NAME"], log_db):
+                _psql(pg, "postgres", pg.user, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            for role in (writer, reader):
+                _psql(pg, "postgres", pg.user, f'DROP ROLE IF EXISTS "{role}"')
