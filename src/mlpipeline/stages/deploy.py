@@ -47,6 +47,7 @@ from mlpipeline.registry import (
     training_fingerprint,
     use_tracking,
 )
+from mlpipeline.stages.live.reference import bind_reference
 from mlpipeline.stages.train import TrainResult, load_holdout
 from mlpipeline.stages.validate import ValidationDecision
 from mlpipeline.storage import DataLayout, atomic_write_json
@@ -95,6 +96,8 @@ class DeployResult:
     record_path: str
     # Training data of the model this one replaced: the reference that monitoring measures drift against.
     reference_data_path: str | None
+    # This version's own reference (its training profile, for live monitoring): an MLflow artifact URI.
+    reference_profile_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -302,6 +305,17 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
     except IntegrityError as exc:
         _tag(client, config, version, {DEPLOY_STATUS_TAG: "rejected", DEPLOY_NOTE_TAG: f"refused: {exc}"[:500]})
         raise
+    # The version's own reference (training profile, holdout predictions, validation score) is bound before it can
+    # become champion: live monitoring of a champion always finds what to compare its traffic with.
+    reference_uri = bind_reference(
+        client,
+        config,
+        candidate=candidate,
+        version=version,
+        metric=decision.metric,
+        score=decision.candidate_score,
+        model=offline,
+    )
     _move_alias(client, config, version, previous_version)
     try:
         with httpx.Client(
@@ -334,6 +348,7 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
         deployed_at=deployed_at,
         record_path=str(record),
         reference_data_path=reference,
+        reference_profile_uri=reference_uri,
     )
     atomic_write_json(record, result.to_dict())
     return result
