@@ -6,9 +6,19 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mlpipeline.dev.compose import render_prometheus_config
 from mlpipeline.dev.localstack import StackError, stored_secrets
-from mlpipeline.dev.stack import COMPOSE_FILE, SERVICE_PORTS, main, stack_from_environment
+from mlpipeline.dev.stack import (
+    COMPOSE_FILE,
+    COMPOSE_ONLY_SERVICES,
+    SERVICE_PORTS,
+    Postgres,
+    local_argv,
+    main,
+    stack_from_environment,
+)
 
 
 def test_service_ports_are_compose_defaults() -> None:
@@ -72,3 +82,51 @@ def test_stored_secrets_keep_old_values_and_add_new_ones(tmp_path: Path) -> None
     second = stored_secrets(path, lambda: {"jwt_secret": "regenerated", "serving_token": "new"})
     assert second == {"jwt_secret": "first", "serving_token": "new"}
     assert stored_secrets(path, lambda: {"jwt_secret": "x", "serving_token": "y"}) == second
+
+
+def test_the_prediction_log_database_is_named_like_compose_names_it(tmp_path: Path) -> None:
+    stack = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r"})
+    assert stack.postgres.prediction_log_database == "prediction_log"
+    renamed = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r", "PREDICTION_LOG_DB_NAME": "plog"})
+    assert renamed.prediction_log_url == "postgresql+psycopg2://postgres@127.0.0.1:5432/plog"
+    # Built directly (the tests' stacks), it is unique per stack like the Airflow database it is named after.
+    assert Postgres("h", 1, "u", "p", "mlp_test_ab_airflow", "m").prediction_log_database == (
+        "mlp_test_ab_airflow_prediction_log"
+    )
+    variables = renamed.variables()
+    assert variables["MLFLOW_PUBLIC_URL"] == renamed.mlflow_url and variables["AIRFLOW_PUBLIC_URL"] == renamed.api_url
+
+
+def test_mailpit_runs_as_the_mail_catcher_and_grafana_not_at_all(tmp_path: Path) -> None:
+    stack = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r", "SMTP_PORT": "2525"})
+    specs = stack.services()
+    assert "grafana" not in specs and COMPOSE_ONLY_SERVICES["grafana"] is None
+    mailpit = specs["mailpit"]
+    assert mailpit.argv[:3] == ["python", "-m", "mlpipeline.dev.mailcatcher"]
+    assert mailpit.argv[3:] == ["--host", "127.0.0.1", "--port", "2525", "--dir", str(stack.mail_dir)]
+    assert mailpit.restart == "always"
+
+
+def test_prometheus_scrapes_the_local_ports(tmp_path: Path) -> None:
+    stack = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r", "MODEL_SERVER_PORT": "18000"})
+    config = yaml.safe_load(stack.render_prometheus_config().read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets == {"model-server": ["127.0.0.1:18000"], "flower": ["127.0.0.1:5555"]}
+    assert str(stack.render_prometheus_config()) == stack.services()["prometheus"].argv[1].split("=", 1)[1]
+
+
+def test_a_prometheus_target_the_stack_does_not_know_is_refused() -> None:
+    unknown = "scrape_configs:\n- job_name: x\n  static_configs:\n  - targets: ['somewhere:9100']\n"
+    with pytest.raises(StackError, match="somewhere:9100"):
+        render_prometheus_config(unknown, SERVICE_PORTS, SERVICE_PORTS, "127.0.0.1")
+    moved = "scrape_configs:\n- job_name: x\n  static_configs:\n  - targets: ['model-server:8001']\n"
+    with pytest.raises(StackError, match="model-server's port 8000"):
+        render_prometheus_config(moved, SERVICE_PORTS, SERVICE_PORTS, "127.0.0.1")
+
+
+def test_a_missing_prometheus_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r"})
+    spec = stack.services()["prometheus"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without prometheus
+    with pytest.raises(StackError, match="apt-get install -y prometheus"):
+        local_argv(spec)
