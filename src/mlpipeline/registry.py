@@ -38,19 +38,38 @@ def use_tracking(config: PipelineConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=config.mlflow_tracking_uri, registry_uri=config.mlflow_tracking_uri)
 
 
+# The experiment's kind: MLflow 3's UI opens a "custom model development" experiment on its training runs rather than
+# on the generative-AI overview. MLflow 3.17's UI reads it where its workflow switch is off (and older 3.x UIs
+# always); with the switch on, the browser's choice or a link's ``?workflowType=machine_learning`` decides.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """Return the experiment id, creating it (with the configured artifact location) if needed."""
+    """Return the experiment id, creating it (with the configured artifact location) if needed; either way it is
+    marked a model-training experiment (``EXPERIMENT_KIND_TAG``), unless someone chose another kind."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        # Another task created it between our lookup and create.
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
+            )
+        except MlflowException:
+            # Another task created it between our lookup and create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # created by an older version of the pipeline, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def log_run_artifact(config: PipelineConfig, run_id: str, local_path: Path, artifact_path: str) -> str:
+    """Log the file ``local_path`` to the MLflow run ``run_id`` (finished or not) under ``artifact_path``; logging
+    the same file again replaces it. Returns the artifact's URI."""
+    client = use_tracking(config)
+    client.log_artifact(run_id, str(local_path), artifact_path=artifact_path)
+    return f"runs:/{run_id}/{artifact_path}/{local_path.name}"
 
 
 def champion_version(client: MlflowClient, config: PipelineConfig) -> ModelVersion | None:

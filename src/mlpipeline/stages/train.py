@@ -38,6 +38,14 @@ from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.stages.evaluation import evaluate, json_classes
+from mlpipeline.stages.train_tracking import (
+    AirflowOrigin,
+    airflow_tags,
+    description,
+    description_tag,
+    log_datasets,
+    run_params,
+)
 from mlpipeline.storage import DataLayout, atomic_directory, read_json
 from mlpipeline.tasks import CLASSIFICATION, task_of_target
 
@@ -248,10 +256,16 @@ def train(
     data_sha256: str,
     pipeline_run_id: str | None = None,
     candidate: Candidate | None = None,
+    dag_id: str | None = None,
+    task_id: str | None = None,
+    map_index: int = -1,
 ) -> TrainResult:
     """Fit one candidate, evaluate it on the held-out split, log everything to MLflow. Idempotent per run and
-    candidate. ``candidate`` defaults to the config's only candidate."""
+    candidate. ``candidate`` defaults to the config's only candidate. ``pipeline_run_id`` (the Airflow run id),
+    ``dag_id``, ``task_id`` and ``map_index`` name the Airflow task instance training it: tags of the MLflow run,
+    with a link back (``airflow.run_url``) where the Airflow UI's address is configured."""
     candidate = _chosen(config, candidate)
+    origin = AirflowOrigin(dag_id, pipeline_run_id, task_id, map_index)
     out_dir = DataLayout.of(config.data_dir).models(run) / candidate.name
     if (out_dir / RECORD_FILE).exists():
         return TrainResult(**read_json(out_dir / RECORD_FILE))
@@ -273,10 +287,23 @@ def train(
         "task": split.task,
         **_classes_tag(classes),
         **_positive_label_tag(split.task, config.dataset_schema.positive_label),
+        **airflow_tags(config, origin),
     }
+    tags |= description_tag(
+        description(
+            candidate,
+            task=split.task,
+            run=run,
+            origin=origin,
+            airflow_url=tags.get("airflow.run_url"),
+            scores=_scores_text(metrics, config.validation_metric),
+        )
+    )
     with atomic_directory(out_dir) as tmp:
         _write_holdout(tmp, config.dataset_schema, split, metrics)
-        mlflow_run_id, model_uri, signed = _log_to_mlflow(config, candidate, run, tags, pipeline, split, metrics)
+        mlflow_run_id, model_uri, signed = _log_to_mlflow(
+            config, candidate, run, tags, pipeline, split, metrics, holdout_path=out_dir / HOLDOUT_FILE
+        )
         result = TrainResult(
             candidate=candidate.name,
             mlflow_run_id=mlflow_run_id,
@@ -372,10 +399,21 @@ def _scalar(metrics: dict[str, Any]) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if isinstance(value, float)}
 
 
+def _scores_text(metrics: dict[str, Any], first: str | None) -> str:
+    """``accuracy 0.8512, f1 0.7000, ...``: the held-out scores, the judging metric first."""
+    scores = _scalar(metrics)
+    names = sorted(scores, key=lambda name: (name != first, name))
+    return ", ".join(f"{name} {scores[name]:.4f}" for name in names) or "none"
+
+
+def _labelled(schema: DatasetSchema, features: pd.DataFrame, target: pd.Series) -> pd.DataFrame:
+    """Features and target in one frame, as the held-out rows are stored (``holdout.parquet``)."""
+    return features.assign(**{schema.target: target.to_numpy()}).reset_index(drop=True)
+
+
 def _write_holdout(directory: Path, schema: DatasetSchema, split: _Split, metrics: dict[str, Any]) -> None:
     """The held-out rows (validation scores the champion on exactly these) and the full metrics."""
-    holdout = split.x_test.assign(**{schema.target: split.y_test.to_numpy()}).reset_index(drop=True)
-    holdout.to_parquet(directory / HOLDOUT_FILE, index=False)
+    _labelled(schema, split.x_test, split.y_test).to_parquet(directory / HOLDOUT_FILE, index=False)
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
 
@@ -387,6 +425,8 @@ def _log_to_mlflow(
     pipeline: Pipeline,
     split: _Split,
     metrics: dict[str, Any],
+    *,
+    holdout_path: Path,
 ) -> tuple[str, str, dict[str, str]]:
     """One MLflow run with the tags, parameters, metrics and the signed model; returns (run id, model URI, the
     run's tags, with the model's signed digest)."""
@@ -398,19 +438,16 @@ def _log_to_mlflow(
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"train-{run}-{candidate.name}", tags=tags
     ) as mlflow_run:
-        mlflow.log_params(
-            {
-                "model_type": candidate.ml_model_type,
-                "candidate": candidate.name,
-                "task": split.task,
-                "n_classes": len(json_classes(pipeline)),
-                "test_size": config.test_size,
-                "random_state": config.random_state,
-                "n_train": len(split.x_train),
-                "n_test": len(split.x_test),
-                "features": ",".join(config.dataset_schema.feature_names),
-                **{f"hp.{k}": v for k, v in pipeline.named_steps["model"].get_params().items()},
-            }
+        model_params = pipeline.named_steps["model"].get_params()
+        params = run_params(config, candidate, split.task, len(json_classes(pipeline)), model_params)
+        mlflow.log_params({**params, "n_train": len(split.x_train), "n_test": len(split.x_test)})
+        log_datasets(
+            config,
+            training=_labelled(config.dataset_schema, split.x_train, split.y_train),
+            holdout=_labelled(config.dataset_schema, split.x_test, split.y_test),
+            training_source=tags["processed_data_path"],
+            holdout_source=str(holdout_path),
+            data_sha256=tags["data_sha256"],
         )
         mlflow.log_metrics(_scalar(metrics))
         mlflow.log_dict(metrics, "metrics.json")
