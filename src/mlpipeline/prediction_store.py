@@ -6,7 +6,8 @@ database) and in SQLite on the embedded default. Times are UNIX epoch seconds (f
 databases and cheap to window on.
 
 - ``prediction_requests``: one row per ``/predict`` request that was logged (sampled, answered or refused): its
-  id, when, the model version that answered (None if none did), rows, latency and HTTP status.
+  id, when, the model version that answered (None if none did), rows, latency and HTTP status; and that version's
+  task and classes (what ``/feedback`` checks an actual outcome against, whichever version serves by then).
 - ``predictions``: one row per predicted input row of an answered request: the input (JSON object of the
   columns), the answer (label or number) and, for a classifier, the probabilities (JSON).
 - ``feedback``: the actual outcome of one predicted row, posted later to ``/feedback``.
@@ -28,7 +29,8 @@ from sqlalchemy import (
     Text,
     create_engine,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
 
@@ -43,6 +45,8 @@ prediction_requests = Table(
     Column("latency_ms", Float, nullable=False),
     Column("status_code", Integer, nullable=False),
     Column("error", Text, nullable=True),  # why a refused request was refused (short)
+    Column("task", String(16), nullable=True),  # binary / multiclass / regression of the version that answered
+    Column("classes", JSON, nullable=True),  # that version's classes as /predict answers them (classifiers)
     Index("ix_prediction_requests_served_at", "served_at"),
 )
 
@@ -113,3 +117,35 @@ def engine_for(url: str) -> Engine:
 def create_tables(engine: Engine) -> None:
     """Create the tables that do not exist yet (idempotent: every writer and reader may call it)."""
     metadata.create_all(engine, checkfirst=True)
+
+
+def _dialect_insert(connection: Connection, table: Table) -> Insert:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite share the syntax)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"the prediction log supports PostgreSQL and SQLite, not {name}")
+    return insert(table)
+
+
+def insert_new(connection: Connection, table: Table, rows: list[dict]) -> None:
+    """Insert ``rows`` (executemany), skipping those whose primary key is already there: a batch retried after a
+    commit whose acknowledgement was lost is written once."""
+    if rows:
+        keys = [column.name for column in table.primary_key.columns]
+        connection.execute(_dialect_insert(connection, table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def upsert(connection: Connection, table: Table, rows: list[dict]) -> None:
+    """Insert ``rows``, replacing the other columns of a row whose primary key is already there (a re-posted
+    outcome replaces the earlier one). The rows must have distinct keys (PostgreSQL refuses to touch a row twice
+    in one statement)."""
+    if not rows:
+        return
+    keys = [column.name for column in table.primary_key.columns]
+    statement = _dialect_insert(connection, table)
+    replaced = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=replaced), rows)

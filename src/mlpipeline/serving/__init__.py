@@ -4,15 +4,21 @@ Serves ``models:/<name>@<alias>`` from the MLflow registry as a native scikit-le
 and validates requests against the model's logged input signature. A background thread watches the alias; a new
 version is loaded and warmed up completely before one reference is swapped.
 
-Only ``POST /reload`` changes state, and it needs ``Authorization: Bearer $MLPIPELINE_SERVING_TOKEN``; ``/predict``,
-``/health`` (503 while no model is served), ``/live``, ``/model`` and ``/metrics`` are open, for callers inside the
-network.
+Only ``POST /reload`` and ``POST /feedback`` change state, and they need ``Authorization: Bearer
+$MLPIPELINE_SERVING_TOKEN``; ``/predict``, ``/health`` (503 while no model is served), ``/live``, ``/model`` and
+``/metrics`` are open, for callers inside the network.
+
+With ``MLPIPELINE_PREDICTION_LOG_URL`` set, every ``/predict`` request (or the fraction
+``MLPIPELINE_PREDICTION_LOG_SAMPLE``) is written to the prediction log (:mod:`mlpipeline.prediction_store`) by a
+background thread, off the request path, with the version that answered it; its answer carries ``request_id``, which
+``POST /feedback`` takes with the actual outcome.
 
 Modules: ``settings`` (environment/CLI settings), ``schema`` (input schema, request value conversion, InputError),
 ``guards`` (bearer-token dependency, body size limit, bounded error bodies), ``loading`` (load_model_version,
 LoadedModel), ``fastpath`` (the numpy fast path and its verification), ``state`` (ModelServer: polling, hot swap),
 ``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``openapi`` (the /predict rows of the served
-model, its answers per task), ``app`` (create_app, app_from_env), ``cli`` (main, ServerThread, serve_in_thread).
+model, its answers per task), ``prediction_log`` (the bounded queue and its writer thread), ``feedback`` (checking
+and storing outcomes), ``app`` (create_app, app_from_env), ``cli`` (main, ServerThread, serve_in_thread).
 
 ``/predict`` answers by the task of the served model (read from the model, not a tag): a classifier gives
 ``predictions`` (labels, as its classes), ``probabilities`` (binary: P(positive, the last class) per row;

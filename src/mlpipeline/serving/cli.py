@@ -21,12 +21,17 @@ from mlpipeline.serving.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     DEFAULT_POLL_SECONDS,
+    DEFAULT_PREDICTION_LOG_BUFFER,
+    DEFAULT_PREDICTION_LOG_SAMPLE,
     ENV_ALIAS,
     ENV_FORCE_RELOAD_SECONDS,
     ENV_MAX_BODY_BYTES,
     ENV_MAX_ROWS,
     ENV_MODEL_NAME,
     ENV_POLL_SECONDS,
+    ENV_PREDICTION_LOG_BUFFER,
+    ENV_PREDICTION_LOG_SAMPLE,
+    ENV_PREDICTION_LOG_URL,
     ENV_SERVING_TOKEN,
     ENV_TRACKING_URI,
 )
@@ -114,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"POST /reload needs 'Authorization: Bearer <token>' with the token from ${ENV_SERVING_TOKEN} (unset: "
         f"the endpoint is disabled). Request limits: ${ENV_MAX_BODY_BYTES} (default {DEFAULT_MAX_BODY_BYTES}), "
         f"${ENV_MAX_ROWS} (default {DEFAULT_MAX_ROWS}); forced reloads at most every ${ENV_FORCE_RELOAD_SECONDS} "
-        f"(default {DEFAULT_FORCE_RELOAD_SECONDS:g}) seconds.",
+        f"(default {DEFAULT_FORCE_RELOAD_SECONDS:g}) seconds. Prediction log: ${ENV_PREDICTION_LOG_URL} (a "
+        f"SQLAlchemy URL; unset: nothing is logged and POST /feedback is off), ${ENV_PREDICTION_LOG_SAMPLE} (fraction "
+        f"of requests logged, default {DEFAULT_PREDICTION_LOG_SAMPLE:g}), ${ENV_PREDICTION_LOG_BUFFER} (predicted rows "
+        f"queued for its writer at most, default {DEFAULT_PREDICTION_LOG_BUFFER}).",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed when ready)")

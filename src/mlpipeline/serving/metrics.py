@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Collection
+from collections import Counter as Tally
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
     from mlpipeline.serving.loading import LoadedModel
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Predicted labels get their own series up to this many distinct values; the rest share "other" (a model with
+# thousands of classes, or a swap to one with other labels, must not blow up the label cardinality).
+MAX_LABEL_VALUES = 50
+OTHER_LABEL = "other"
 
 
 class ServingMetrics:
@@ -51,6 +57,48 @@ class ServingMetrics:
             "Failed attempts to read the alias or load a version.",
             registry=self.registry,
         )
+        self.predicted_labels = Counter(
+            "mlpipeline_serving_predicted_labels",
+            f"Rows predicted per label (classifiers; at most {MAX_LABEL_VALUES} label values, the rest "
+            f"'{OTHER_LABEL}').",
+            ["label"],
+            registry=self.registry,
+        )
+        self._label_values: set[str] = set()
+        self._label_lock = threading.Lock()
+        self.prediction_log_written = Counter(
+            "mlpipeline_serving_prediction_log_written",
+            "Requests written to the prediction log.",
+            registry=self.registry,
+        )
+        self.prediction_log_dropped = Counter(
+            "mlpipeline_serving_prediction_log_dropped",
+            "Requests the prediction log dropped (queue full, database down or refusing them, shutdown).",
+            registry=self.registry,
+        )
+        self.prediction_log_queue_depth = Gauge(
+            "mlpipeline_serving_prediction_log_queue_depth",
+            "Predicted rows (a refused request counts one) waiting for the prediction log's writer.",
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "mlpipeline_serving_feedback", "Actual outcomes stored through POST /feedback.", registry=self.registry
+        )
+
+    def count_labels(self, predictions: Sequence[object]) -> None:
+        """Count a classifier's answers per label (bounded label set, see MAX_LABEL_VALUES)."""
+        tally = Tally(predictions) if len(predictions) > 1 else {predictions[0]: 1}
+        for label, count in tally.items():
+            self.predicted_labels.labels(self._label_value(str(label))).inc(count)
+
+    def _label_value(self, label: str) -> str:
+        if label in self._label_values:
+            return label
+        with self._label_lock:
+            if len(self._label_values) < MAX_LABEL_VALUES:
+                self._label_values.add(label)
+                return label
+        return OTHER_LABEL
 
     def serving(self, model: LoadedModel | None) -> None:
         """Record which version is served now (None: none)."""

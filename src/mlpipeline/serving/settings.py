@@ -14,6 +14,10 @@ DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # An authenticated caller may force a full download and load at most this often.
 DEFAULT_FORCE_RELOAD_SECONDS = 30.0
+# The prediction log: every request logged by default; at most this many predicted rows wait for the writer (a
+# full queue drops records, counted, rather than growing memory or slowing requests).
+DEFAULT_PREDICTION_LOG_SAMPLE = 1.0
+DEFAULT_PREDICTION_LOG_BUFFER = 10_000
 
 # The environment variables read by app_from_env (and set by ``python -m mlpipeline.serving`` from its options).
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -24,12 +28,17 @@ ENV_MAX_ROWS = "MLPIPELINE_MAX_ROWS"
 ENV_MAX_BODY_BYTES = "MLPIPELINE_MAX_BODY_BYTES"
 ENV_FORCE_RELOAD_SECONDS = "MLPIPELINE_FORCE_RELOAD_SECONDS"
 ENV_SERVING_TOKEN = SERVING_TOKEN_ENV  # a secret: see mlpipeline.constants
+ENV_PREDICTION_LOG_URL = "MLPIPELINE_PREDICTION_LOG_URL"  # may carry a password: never logged
+ENV_PREDICTION_LOG_SAMPLE = "MLPIPELINE_PREDICTION_LOG_SAMPLE"
+ENV_PREDICTION_LOG_BUFFER = "MLPIPELINE_PREDICTION_LOG_BUFFER"
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """What one server app serves and how: the registry, the registered model and alias, polling, request limits,
-    and the bearer token of the state-changing endpoints (None: those endpoints are disabled)."""
+    the bearer token of the state-changing endpoints (None: those endpoints are disabled) and the prediction log
+    (its SQLAlchemy URL, None: nothing is logged and /feedback is off; the fraction of requests logged; how many
+    predicted rows may wait for its writer)."""
 
     tracking_uri: str
     model_name: str = DEFAULT_MODEL_NAME
@@ -39,12 +48,21 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     force_reload_seconds: float = DEFAULT_FORCE_RELOAD_SECONDS
     serving_token: str | None = dataclasses.field(default=None, repr=False)  # repr=False: never in a log line
+    prediction_log_url: str | None = dataclasses.field(default=None, repr=False)  # may carry a password
+    prediction_log_sample: float = DEFAULT_PREDICTION_LOG_SAMPLE
+    prediction_log_buffer: int = DEFAULT_PREDICTION_LOG_BUFFER
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be at least 1, got {self.max_body_bytes}")
+        if not 0.0 <= self.prediction_log_sample <= 1.0:
+            raise ValueError(f"prediction_log_sample must be between 0 and 1, got {self.prediction_log_sample}")
+        if self.prediction_log_buffer < 1:
+            raise ValueError(f"prediction_log_buffer must be at least 1, got {self.prediction_log_buffer}")
+        if not (self.prediction_log_url or "").strip():
+            object.__setattr__(self, "prediction_log_url", None)
         if not self.serving_token:
             object.__setattr__(self, "serving_token", None)  # an empty token would let an empty header in
 
@@ -65,6 +83,9 @@ class ServerSettings:
             max_body_bytes=_positive_int(environ, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES),
             force_reload_seconds=_seconds(environ, ENV_FORCE_RELOAD_SECONDS, DEFAULT_FORCE_RELOAD_SECONDS),
             serving_token=serving_token_from(environ),
+            prediction_log_url=environ.get(ENV_PREDICTION_LOG_URL, "").strip() or None,
+            prediction_log_sample=_fraction(environ, ENV_PREDICTION_LOG_SAMPLE, DEFAULT_PREDICTION_LOG_SAMPLE),
+            prediction_log_buffer=_positive_int(environ, ENV_PREDICTION_LOG_BUFFER, DEFAULT_PREDICTION_LOG_BUFFER),
         )
 
 
@@ -93,4 +114,17 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _fraction(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a fraction between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}")
     return value
