@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from email import message_from_bytes, policy
+
+from mlpipeline.config import build_config
 from mlpipeline.stages import notify
 
 VALIDATION = {
@@ -139,3 +142,59 @@ def test_a_multiclass_record_renders_its_classes_and_skips_the_confusion_matrix(
     assert (
         "<td>0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, ... (25 in all)</td>" in alert.html
     )
+
+
+# --- links, and the message as sent -------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # bytes a text encoding would mangle
+
+
+def test_links_go_under_the_heading_and_only_where_a_ui_is_configured() -> None:
+    email = notify.retrain_alert_email(dag_run="r", validation={**VALIDATION, "deploy": False}, training=TRAINING)
+    assert notify.with_links(email, notify.run_links(build_config({}), dag_id="d", airflow_run_id="x")) == email
+    config = build_config({"airflow_ui_url": "https://airflow.example/", "mlflow_ui_url": "https://mlflow.example"})
+    linked = notify.run_links(
+        config, dag_id="ml_pipeline", airflow_run_id="manual__1+0", mlflow_run_id="abc", task_id="etl"
+    )
+    assert linked.airflow_run == "https://airflow.example/dags/ml_pipeline/runs/manual__1%2B0"
+    assert linked.airflow_task == linked.airflow_run + "/tasks/etl"
+    assert linked.mlflow_run == "https://mlflow.example/#/runs/abc"
+    html = notify.with_links(email, linked).html
+    heading, rest = html.split("</h2>", 1)
+    assert heading == email.html.split("</h2>", 1)[0]
+    assert rest.lstrip().startswith(
+        '<p><a href="https://airflow.example/dags/ml_pipeline/runs/manual__1%2B0">Airflow run</a> | '
+    )
+    assert '<a href="https://mlflow.example/#/runs/abc">MLflow run</a></p>' in rest
+
+
+def test_a_message_with_an_inline_image_and_an_attachment_parses_back() -> None:
+    image = notify.InlineImage(notify.inline_image_id("summary"), PNG)
+    page = "<!DOCTYPE html><html><body><h1>ml_pipeline run r</h1>" + "é" * 5000 + "</body></html>"
+    email = notify.Email(
+        subject="[ml_pipeline] deployed",
+        html=f'<p><img src="cid:{image.content_id}"></p><h2>New champion</h2>',
+        attachments=(notify.Attachment("report.html", page.encode(), "text/html"),),
+        inline_images=(image,),
+    )
+    recipients = ["ops@example.com", "ml@example.com"]
+    sent = notify.mime_message(email, sender="bot@example.com", recipients=recipients).as_bytes()
+
+    message = message_from_bytes(sent, policy=policy.default)
+    assert message.get_content_type() == "multipart/mixed" and message["To"] == "ops@example.com, ml@example.com"
+    related, attached = message.get_payload()
+    assert related.get_content_type() == "multipart/related"
+    body, picture = related.get_payload()
+    assert body.get_content_type() == "text/html" and f'src="cid:{image.content_id}"' in body.get_content()
+    assert picture.get_content_type() == "image/png" and picture["Content-ID"] == f"<{image.content_id}>"
+    assert picture.get_content_disposition() == "inline" and picture.get_content() == PNG
+    assert attached.get_content_type() == "text/html" and attached.get_filename() == "report.html"
+    assert attached.get_content_disposition() == "attachment"
+    assert attached.get_payload(decode=True) == page.encode()
+    assert message.get_body(("html",)) is body
+    assert max(len(line) for line in sent.splitlines()) <= 998  # SMTP's line limit
+
+
+def test_a_plain_email_stays_a_single_html_part() -> None:
+    sent = notify.mime_message(notify.Email("s", "<p>h</p>"), sender="a@example.com", recipients=["b@example.com"])
+    assert sent.get_content_type() == "text/html" and not sent.is_multipart()

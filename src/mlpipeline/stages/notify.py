@@ -1,23 +1,113 @@
 """What the pipeline tells people: subjects and HTML bodies built from the stages' result records.
 
 Sending is the DAG's job (Airflow's SMTP provider, connection ``smtp_default``); composing is here so it can be
-tested, and read, without Airflow. Scores are shown with their direction where lower is better (rmse, mae,
-log_loss: ``mlpipeline.tasks``); records of any task render (and records of older runs, which lack the task).
+tested, and read, without Airflow: the bodies, the links to the run's pages (:func:`with_links`) and the MIME message
+with attachments and inline images (:func:`mime_message`). Scores are shown with their direction where lower is
+better (rmse, mae, log_loss: ``mlpipeline.tasks``); records of any task render (and older runs' records, which lack
+the task).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from html import escape
 from typing import Any
 
+from mlpipeline import links
+from mlpipeline.config import PipelineConfig
 from mlpipeline.tasks import METRICS
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached to an email (``mime_type`` as ``maintype/subtype``)."""
+
+    filename: str
+    content: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image shown in the body by ``<img src="cid:{content_id}">``."""
+
+    content_id: str
+    content: bytes
+    subtype: str = "png"
 
 
 @dataclass(frozen=True)
 class Email:
     subject: str
     html: str
+    attachments: tuple[Attachment, ...] = ()
+    inline_images: tuple[InlineImage, ...] = ()
+
+
+def mime_message(email: Email, *, sender: str, recipients: list[str]) -> EmailMessage:
+    """The message as sent: the HTML body, with its inline images beside it (multipart/related, each by its
+    Content-ID), then the attachments (multipart/mixed)."""
+    message = EmailMessage()
+    message["Subject"] = email.subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = make_msgid(domain="mlpipeline")
+    message.set_content(email.html, subtype="html")
+    for image in email.inline_images:
+        message.add_related(image.content, "image", image.subtype, cid=f"<{image.content_id}>", disposition="inline")
+    for attachment in email.attachments:
+        maintype, subtype = attachment.mime_type.split("/", 1)
+        message.add_attachment(attachment.content, maintype, subtype, filename=attachment.filename)
+    return message
+
+
+def inline_image_id(name: str) -> str:
+    """A Content-ID for an inline image, unique to this message (``name@mlpipeline.<random>``)."""
+    return make_msgid(idstring=name, domain="mlpipeline").strip("<>")
+
+
+@dataclass(frozen=True)
+class RunLinks:
+    """Where a reader goes from an email: the Airflow run (or the failed task) and the MLflow run; None when the
+    UI's address is not configured."""
+
+    airflow_run: str | None = None
+    airflow_task: str | None = None
+    mlflow_run: str | None = None
+
+
+def run_links(
+    config: PipelineConfig,
+    *,
+    dag_id: str,
+    airflow_run_id: str | None,
+    mlflow_run_id: str | None = None,
+    task_id: str | None = None,
+    map_index: int = -1,
+) -> RunLinks:
+    """The links of one run (``airflow_run_id`` is Airflow's run id, not the sanitized run key), and of one of its
+    task instances when ``task_id`` is given."""
+    task = links.airflow_task_url(config, dag_id, airflow_run_id, task_id, map_index) if task_id else None
+    return RunLinks(
+        airflow_run=links.airflow_run_url(config, dag_id, airflow_run_id),
+        airflow_task=task,
+        mlflow_run=links.mlflow_run_url(config, mlflow_run_id),
+    )
+
+
+def with_links(email: Email, run: RunLinks) -> Email:
+    """``email`` with a line of links under its heading (none: unchanged)."""
+    named = [("Airflow run", run.airflow_run), ("Airflow task", run.airflow_task), ("MLflow run", run.mlflow_run)]
+    anchors = [f'<a href="{escape(url, quote=True)}">{escape(label)}</a>' for label, url in named if url]
+    if not anchors:
+        return email
+    line = f"<p>{' | '.join(anchors)}</p>"
+    head, found, rest = email.html.partition("</h2>")
+    html = f"{head}{found}\n{line}{rest}" if found else f"{line}\n{email.html}"
+    return replace(email, html=html)
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:

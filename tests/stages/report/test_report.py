@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
 from mlpipeline.config import PipelineConfig, build_config
@@ -26,7 +27,9 @@ from mlpipeline.stages.etl import etl, resolved_config
 from mlpipeline.stages.monitor.drift import DriftReport
 from mlpipeline.stages.monitor.live import LiveChecks
 from mlpipeline.stages.monitor.report import REPORT_FILE, MlflowRecord, MonitorReport
+from mlpipeline.stages.notify import Email
 from mlpipeline.stages.report import build_report, summary_png
+from mlpipeline.stages.report.publish import publish_report, with_report
 from mlpipeline.stages.train import train
 from mlpipeline.stages.validate import check_data, select_best, validate
 from mlpipeline.storage import DataLayout, atomic_write_json, read_json, sha256_file
@@ -283,3 +286,45 @@ def test_text_from_the_data_is_escaped(tmp_path: Path) -> None:
     assert "&lt;i&gt;kind&lt;/i&gt;: missing target" in sections["quarantine"] and "<img" in sections["quarantine"]
     assert "<i>" not in page
     assert len(_images(page)) >= 5
+
+
+def test_published_report_is_logged_to_the_chosen_candidates_run_and_rides_the_email(
+    binary: dict[str, Run], tmp_path: Path
+) -> None:
+    """The rejected run r2: its report goes to its judged candidate's MLflow run (again on a retry, still one
+    file) and into the email: attached, its summary inline, where it is kept said in the body."""
+    run = binary["r2"]
+    layout = DataLayout.of(run.config.data_dir)
+    judged = read_json(layout.run_records("r2") / "validate.json")["candidate"]
+    mlflow_run_id = read_json(layout.models("r2") / judged / "train.json")["mlflow_run_id"]
+    for _ in range(2):
+        published = publish_report(run.config, run="r2", mlflow_run_id=mlflow_run_id)
+    assert published.problems == () and published.mlflow_uri == f"runs:/{mlflow_run_id}/report/report.html"
+    client = MlflowClient(run.config.mlflow_tracking_uri)
+    assert [a.path for a in client.list_artifacts(mlflow_run_id, "report")] == ["report/report.html"]
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=mlflow_run_id,
+        artifact_path="report/report.html",
+        dst_path=str(tmp_path),
+        tracking_uri=run.config.mlflow_tracking_uri,
+    )
+    assert Path(logged).read_bytes() == published.html_path.read_bytes()
+    assert _sections(Path(logged).read_text(encoding="utf-8"))["decision"].count('class="verdict reject"') == 1
+
+    email = with_report(Email(subject="s", html="<h2>The candidate model was not deployed</h2>"), published)
+    [attachment] = email.attachments
+    assert attachment.filename == "report.html" and attachment.content == published.html_path.read_bytes()
+    [image] = email.inline_images
+    assert email.html.startswith(f'<p><img src="cid:{image.content_id}"') and _png_size(image.content)
+    assert published.mlflow_uri in email.html and "Not available" not in email.html
+
+
+def test_a_report_that_cannot_be_logged_is_still_attached(binary: dict[str, Run]) -> None:
+    published = publish_report(binary["r1"].config, run="r1", mlflow_run_id="0" * 32)
+    assert published.html_path is not None and published.mlflow_uri is None
+    [problem] = published.problems
+    assert problem.startswith(f"the report could not be logged to MLflow run {'0' * 32}: ")
+    email = with_report(Email(subject="s", html="<h2>x</h2>"), published)
+    assert [a.filename for a in email.attachments] == [
+        "report.html"
+    ] and "Not available: the report could not" in email.html
