@@ -27,13 +27,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Variable
-
 from mlpipeline.config import ConfigError, PipelineConfig, build_config, read_config
 from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, run_key
 from mlpipeline_airflow.failures import last_failure
 from mlpipeline_airflow.notifications import send_email
+from mlpipeline_airflow.variables import optional_variable
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def _alerts_dir(record: dict[str, Any] | None, run_id: str) -> Path | None:
     try:
         if record:
             return DataLayout.of(read_config(record["config_path"]).data_dir).run_records(record["run"]) / ALERTS_DIR
-        if Variable.get("data_dir", default=None) is None:
+        if optional_variable("data_dir") is None:
             return None  # no marker in whatever directory the process happens to run in
         data_dir = _variables_config(("data_dir",)).data_dir
         return DataLayout.of(data_dir).run_records(run_key(run_id)) / ALERTS_DIR
@@ -160,7 +159,7 @@ def _variables_config(names: tuple[str, ...]) -> PipelineConfig:
     """The defaults with those of ``names`` whose Variables hold valid values."""
     overrides = {}
     for name in names:
-        value = Variable.get(name, default=None)
+        value = optional_variable(name)
         if value is None:
             continue
         try:
