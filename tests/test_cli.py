@@ -209,6 +209,7 @@ def test_run_refuses_to_deploy_without_a_server_then_resumes_with_no_deploy(
     out = capsys.readouterr().out
     assert out.startswith("champion : none (churn_classifier@champion is not set")
     assert "  try-1  passed; not deployed  accuracy 0." in out
+    assert "live     : no live check yet" in out
 
 
 def test_run_deploys_monitors_reports_then_finds_nothing_new(
@@ -219,7 +220,14 @@ def test_run_deploys_monitors_reports_then_finds_nothing_new(
     settings = _settings(tmp_path, churn_source, metric_threshold=0.99)
     # The environment overrides the file, setting by setting, as AIRFLOW_VAR_<NAME> overrides nothing else.
     monkeypatch.setenv("MLPIPELINE_METRIC_THRESHOLD", "0.5")
-    app = create_app(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="churn_classifier", poll_seconds=0)
+    log_url = f"sqlite:///{tmp_path / 'predictions.db'}"  # the server logs its traffic; the live check reads it
+    monkeypatch.setenv("MLPIPELINE_PREDICTION_LOG_URL", log_url)
+    app = create_app(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        model_name="churn_classifier",
+        poll_seconds=0,
+        prediction_log_url=log_url,
+    )
     with serve_in_thread(app) as url:
         monkeypatch.setenv("MLPIPELINE_SERVING_URL", url)
         assert main(["run", "--config", str(settings), "--run-id", "first"]) == 0
@@ -237,8 +245,20 @@ def test_run_deploys_monitors_reports_then_finds_nothing_new(
         assert _line(out, "decision") == "NOTHING TO DO: nothing trained, nothing registered"
         assert "those champion v1 came from" in out
 
+        # Live traffic (a drifted slice, outcomes) and one live check, as model_monitoring runs it.
+        from mlpipeline.cli.common import cli_config
+        from mlpipeline.dev.traffic import TrafficPlan, traffic_for_run
+        from mlpipeline.stages.live import check_live_traffic
+
+        traffic_for_run(tmp_path / "data" / "runs" / "first", TrafficPlan(rows=300, wrong_fraction=0.3))
+        check = check_live_traffic(cli_config(str(settings)), check_id="check-1")
+
+    assert main(["status", "--config", str(settings)]) == 0
+    out = capsys.readouterr().out
+    assert f"live     : {check.verdict} (v1, checked " in out and "check-1.json" in out
     assert main(["status", "--config", str(settings), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
+    assert (status["live_check"]["check_id"], status["live_check"]["verdict"]) == ("check-1", check.verdict)
     champion = status["champion"]
     assert (champion["version"], champion["pipeline_run"]) == ("1", "first")
     assert champion["validation"]["metric"] == "accuracy" and champion["validation"]["threshold"] == 0.5

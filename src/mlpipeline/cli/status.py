@@ -44,11 +44,14 @@ def status_command(args: argparse.Namespace) -> int:
         champion = champion_status(config)
     except Exception as exc:  # MLflow unreachable or refusing: say so, the runs below are still worth showing
         champion = {"error": f"cannot read the registry at {config.mlflow_tracking_uri}: {type(exc).__name__}: {exc}"}
-    runs = recent_runs(DataLayout.of(config.data_dir).root / "runs", args.runs)
+    root = DataLayout.of(config.data_dir).root
+    runs = recent_runs(root / "runs", args.runs)
+    live = last_live_check(root / "monitoring")
     if args.json:
-        print(json.dumps({"champion": champion, "runs": runs}, indent=2))
+        print(json.dumps({"champion": champion, "live_check": live, "runs": runs}, indent=2))
     else:
         print_status(config, champion, runs)
+        print_live_check(live)
     return EXIT_FAILED if champion and "error" in champion else EXIT_OK
 
 
@@ -122,6 +125,27 @@ def run_decision(records: Path) -> dict[str, Any]:
         "score": score,
         "report": str(report) if report.exists() else None,
     }
+
+
+def last_live_check(monitoring_dir: Path) -> dict[str, Any] | None:
+    """The newest live check's verdict (``model_monitoring``'s records under ``<data_dir>/monitoring/``)."""
+    records = sorted(monitoring_dir.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for path in records:
+        record = _read(path)
+        if record and "verdict" in record:
+            keys = ("check_id", "checked_at", "model_version", "verdict", "reasons", "metric", "live_score")
+            return {key: record.get(key) for key in keys} | {"record": str(path)}
+    return None
+
+
+def print_live_check(live: dict[str, Any] | None) -> None:
+    if live is None:
+        print("live     : no live check yet (model_monitoring records under <data_dir>/monitoring/)")
+        return
+    when = datetime.fromtimestamp(float(live["checked_at"] or 0), timezone.utc).isoformat(timespec="seconds")
+    print(f"live     : {live['verdict']} (v{live['model_version']}, checked {when}, {live['record']})")
+    for reason in (live.get("reasons") or [])[:5]:
+        print(f"           - {reason}")
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -252,9 +252,12 @@ def send_traffic(
     )
 
 
-def traffic_for_run(records: Path, plan: TrafficPlan, *, serving_url: str | None = None) -> TrafficResult:
-    """Traffic on a trained run's held-out rows, to ``serving_url`` (default: the run's configured endpoint)."""
-    token = os.environ.get(SERVING_TOKEN_ENV, "")
+def traffic_for_run(
+    records: Path, plan: TrafficPlan, *, serving_url: str | None = None, token: str | None = None
+) -> TrafficResult:
+    """Traffic on a trained run's held-out rows, to ``serving_url`` (default: the run's configured endpoint);
+    ``token`` for /feedback (default: ``$MLPIPELINE_SERVING_TOKEN``)."""
+    token = token or os.environ.get(SERVING_TOKEN_ENV, "")
     if not token:
         raise TrafficError(f"{SERVING_TOKEN_ENV} is not set: /feedback needs the model server's token")
     config, features, labels = run_holdout(records)
