@@ -4,19 +4,25 @@ PostgreSQL behind its basic-auth app."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
 import pytest
 import redis
+import sqlalchemy.exc
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from mlpipeline.config import PipelineConfig
 from mlpipeline.dev.localstack import REPO_ROOT, AirflowClient
 from mlpipeline.dev.mailcatcher import read_mailbox
 from mlpipeline.dev.stack import (
@@ -32,6 +38,9 @@ from mlpipeline.dev.stack import (
     local_argv,
     resolve_services,
 )
+from mlpipeline.payload import json_rows
+from mlpipeline.prediction_store import engine_for, prediction_requests, predictions
+from mlpipeline.stages.train import HOLDOUT_FILE, load_holdout
 
 pytestmark = pytest.mark.airflow
 DAG = "ml_pipeline"
@@ -294,3 +303,114 @@ def test_three_runs_at_once_succeed_and_the_training_pool_holds(stack: ProcessSt
     for start, _ in spans:
         running_then = sum(1 for other_start, other_end in spans if other_start <= start < other_end)
         assert running_then <= slots, f"{running_then} training tasks ran at once with {slots} slot(s)"
+
+
+# --- live monitoring: the prediction log and Prometheus --------------------------------------------------------
+
+
+def _served_model(stack: ProcessStack) -> dict:
+    """What the model server answers with; run alone (no earlier test deployed one), one pipeline run deploys it."""
+    served = httpx.get(f"{stack.serving_url}/model", timeout=10)
+    if served.status_code == 503:
+        client = _client(stack)
+        client.wait_for_dag(DAG)
+        run_id = client.trigger(DAG, {"accuracy_threshold": 0})
+        assert _wait(client, [run_id]) == {run_id: "success"}
+        served = httpx.get(f"{stack.serving_url}/model", timeout=10)
+    assert served.status_code == 200, served.text
+    return served.json()
+
+
+def _holdout_rows(stack: ProcessStack, count: int = 4) -> list[dict]:
+    holdout = next((stack.root / "data").rglob(HOLDOUT_FILE))
+    features, _ = load_holdout(holdout, PipelineConfig().dataset_schema)
+    return json_rows(features.head(count))
+
+
+def _logged_request(stack: ProcessStack, request_id: str, timeout: float = 60) -> tuple[Any, list[Any]]:
+    """The request's row and its predicted rows in the prediction log (written off the request path: polled).
+    The password, if the server wants one, comes from PGPASSWORD as compose gives it."""
+    with mock.patch.dict(os.environ, {"PGPASSWORD": stack.postgres.password}):
+        engine = engine_for(stack.prediction_log_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(sqlalchemy.exc.ProgrammingError), engine.connect() as connection:
+                    where = prediction_requests.c.request_id == request_id
+                    request = connection.execute(select(prediction_requests).where(where)).first()
+                    rows = connection.execute(
+                        select(predictions).where(predictions.c.request_id == request_id).order_by("row_index")
+                    ).all()
+                    if request is not None and len(rows) == request.rows:
+                        return request, list(rows)
+                time.sleep(0.5)
+        finally:
+            engine.dispose()
+    raise AssertionError(f"request {request_id} not in the prediction log after {timeout} s")
+
+
+def test_predictions_land_in_the_prediction_log_with_the_version_that_answered(stack: ProcessStack) -> None:
+    served = _served_model(stack)
+    rows = _holdout_rows(stack)
+    answer = httpx.post(f"{stack.serving_url}/predict", json={"rows": rows}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert answer.headers["x-request-id"] == body["request_id"]
+    assert str(body["model_version"]) == str(served["version"])
+
+    # The prediction log is the stack's own database (not Airflow's or MLflow's), as compose's postgres-init makes it.
+    assert stack.prediction_log_url.endswith(f"/{stack.postgres.prediction_log_database}")
+    assert stack.postgres.prediction_log_database not in (stack.postgres.airflow_db, stack.postgres.mlflow_db)
+    request, logged = _logged_request(stack, body["request_id"])
+    assert (request.model_name, request.model_version) == ("churn_classifier", str(body["model_version"]))
+    assert (request.status_code, request.rows) == (200, len(rows))
+    assert [row.row_index for row in logged] == list(range(len(rows)))
+    assert {row.model_version for row in logged} == {str(body["model_version"])}
+    assert [row.prediction for row in logged] == body["predictions"]
+    assert [row.features for row in logged] == rows
+
+
+def _prometheus(stack: ProcessStack, path: str, **params: str) -> Any:
+    response = httpx.get(f"{stack.prometheus_url}{path}", params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+def _own_metric(stack: ProcessStack, name: str) -> float:
+    """A sample of the model server's own /metrics, read directly."""
+    text = httpx.get(f"{stack.serving_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not in the model server's /metrics")
+
+
+def test_prometheus_scrapes_the_model_server_and_flower(stack: ProcessStack) -> None:
+    # A refused /predict is enough for a labelled series (no model or pipeline run needed).
+    assert httpx.post(f"{stack.serving_url}/predict", json={"rows": [{"bogus": 1}]}, timeout=30).status_code >= 400
+    predict_requests = 'sum(mlpipeline_serving_requests_total{job="model-server",endpoint="/predict"})'
+    version_query = 'mlpipeline_serving_model_version{job="model-server"}'
+    deadline = time.monotonic() + 120  # one scrape every 15 s
+    health: dict[str, str] = {}
+    seen: dict[str, list[float]] = {}
+    while time.monotonic() < deadline:
+        health = {
+            target["labels"]["job"]: target["health"]
+            for target in _prometheus(stack, "/api/v1/targets")["activeTargets"]
+        }
+        seen = {
+            query: [float(sample["value"][1]) for sample in _prometheus(stack, "/api/v1/query", query=query)["result"]]
+            for query in (version_query, predict_requests)
+        }
+        version = _own_metric(stack, "mlpipeline_serving_model_version")
+        if (
+            health == {"model-server": "up", "flower": "up"}
+            and seen[version_query] == [version]
+            and seen[predict_requests]
+        ):
+            break
+        time.sleep(2)
+    assert health == {"model-server": "up", "flower": "up"}, health
+    assert seen[version_query] == [_own_metric(stack, "mlpipeline_serving_model_version")], seen
+    assert seen[predict_requests] and seen[predict_requests][0] >= 1, seen
