@@ -130,3 +130,13 @@ def test_a_missing_prometheus_says_how_to_install_it(tmp_path: Path, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without prometheus
     with pytest.raises(StackError, match="apt-get install -y prometheus"):
         local_argv(spec)
+
+
+def test_the_callers_libpq_settings_do_not_reach_the_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = stack_from_environment(tmp_path, {"REDIS_PASSWORD": "r"})
+    monkeypatch.setenv("PGPASSWORD", "the caller's")
+    monkeypatch.setenv("PGHOST", "elsewhere")
+    specs = stack.services()
+    model_server = stack._process_env(specs["model-server"])
+    assert model_server["PGPASSWORD"] == stack.postgres.password and "PGHOST" not in model_server
+    assert "PGPASSWORD" not in stack._process_env(specs["datasource"])

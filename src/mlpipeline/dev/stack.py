@@ -264,7 +264,7 @@ class ProcessStack:
 
     def _process_env(self, spec: ServiceSpec) -> dict[str, str]:
         # Only what compose gives a service: nothing of this kind leaks in from the caller's environment.
-        prefixes = ("AIRFLOW", "MLFLOW", "ML_PIPELINE", "MLPIPELINE", "REDIS")
+        prefixes = ("AIRFLOW", "MLFLOW", "ML_PIPELINE", "MLPIPELINE", "REDIS", "PG")  # PG*: libpq (prediction log)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         bin_dir = str(Path(sys.executable).parent)
         return {**inherited, "PATH": f"{bin_dir}{os.pathsep}{inherited.get('PATH', '')}", **spec.environment}
