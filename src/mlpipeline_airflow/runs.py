@@ -24,7 +24,8 @@ def retrain_requests() -> list[dict[str, Any]]:
 
 def set_asset_event_extra(asset: Asset, extra: dict[str, Any]) -> None:
     """What the event the running task emits for its outlet ``asset`` (when it succeeds) says: Airflow stores it
-    with the event and shows it in the asset's lineage. Small by design: fingerprints, counts, versions, paths."""
+    with the event and shows it in the asset's lineage. Small by design: fingerprints, counts, versions, paths.
+    In every extra ``sha256`` is the raw snapshot's: the key that ties a champion to the data it came from."""
     get_current_context()["outlet_events"][asset].extra = extra
 
 
@@ -47,7 +48,8 @@ def processed_data_extra(record: dict[str, Any]) -> dict[str, Any]:
     etl = record["etl"]
     return {
         "run": record["run"],
-        "sha256": etl["data_sha256"],  # of the raw snapshot it was made from: the lineage link to RAW_SNAPSHOT
+        "sha256": record["crawl"]["sha256"],  # of the raw snapshot it was made from: the lineage link to RAW_SNAPSHOT
+        "processed_sha256": etl["data_sha256"],  # of the processed features file itself
         "rows": etl["rows_out"],
         "rows_in": etl["rows_in"],
         "rows_quarantined": etl["rows_quarantined"],
@@ -70,7 +72,8 @@ def champion_extra(record: dict[str, Any]) -> dict[str, Any]:
         "score": _finite(decision["candidate_score"]),
         "candidate": trained["candidate"],
         "mlflow_run_id": trained["mlflow_run_id"],
-        "sha256": trained["data_sha256"],  # the raw snapshot it learned from
+        "sha256": trained["data_sha256"],  # of the raw snapshot it learned from
+        "model_sha256": trained.get("model_sha256", ""),  # the signed fingerprint of the model's files
         "rows_train": trained["n_train"],
         "rows_test": trained["n_test"],
     }

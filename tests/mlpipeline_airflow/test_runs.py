@@ -24,7 +24,7 @@ def _record(score: float = 0.875) -> dict:
     etl = EtlResult(
         processed_dir="/data/processed/r1", data_path="/data/processed/r1/data.parquet", quarantine_path="q",
         profile_path="p", rows_in=3000, rows_out=2950, rows_quarantined=40, duplicates_dropped=10,
-        bad_row_fraction=0.013, data_sha256=SHA, seconds=1.0, schema={"columns": ["x" * 50] * 200},
+        bad_row_fraction=0.013, data_sha256="cd" * 32, seconds=1.0, schema={"columns": ["x" * 50] * 200},
     )  # fmt: skip
     train = TrainResult(
         candidate="forest", mlflow_run_id="0" * 32, model_uri="models:/m-1", model_type="random_forest",
@@ -55,6 +55,7 @@ def test_extras_carry_the_lineage_and_stay_small() -> None:
     assert (raw["run"], raw["sha256"], raw["rows"], raw["path"]) == ("r1", SHA, 3000, "/data/raw/r1/data.csv")
     assert "u:p" not in json.dumps(raw)  # the source URL (and any credentials in it) stays out
     assert (processed["sha256"], processed["rows"], processed["rows_quarantined"]) == (SHA, 2950, 40)
+    assert processed["processed_sha256"] == "cd" * 32
     assert {k: champion[k] for k in ("model_name", "version", "metric", "score", "run", "sha256")} == {
         "model_name": "churn_classifier",
         "version": "3",
