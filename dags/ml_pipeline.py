@@ -11,17 +11,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import Label, TriggerRule, Variable, dag, get_current_context, task
+from airflow.sdk import Label, TriggerRule, dag, get_current_context, task
 
 from mlpipeline.config import ConfigError, load_config, read_config
 from mlpipeline.stages import notify
 from mlpipeline.storage import DataLayout, atomic_write_json
-from mlpipeline_airflow.assets import RETRAIN_REQUEST
+from mlpipeline_airflow.assets import CHAMPION_MODEL, PROCESSED_DATA, RAW_SNAPSHOT, RETRAIN_REQUEST
 from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
+from mlpipeline_airflow.links import MlflowRunLink, ReportLink, with_links
 from mlpipeline_airflow.notifications import send_email
 from mlpipeline_airflow.params import run_params, without_empty
-from mlpipeline_airflow.runs import current_run_key, retrain_requests
+from mlpipeline_airflow.runs import (
+    champion_extra,
+    current_run_key,
+    processed_data_extra,
+    raw_snapshot_extra,
+    retrain_requests,
+    set_asset_event_extra,
+)
 from mlpipeline_airflow.settings import (
     DEPLOY_POOL,
     QUEUE_DEFAULT,
@@ -31,6 +39,7 @@ from mlpipeline_airflow.settings import (
     asset_or_time_schedule,
     schedule_from_env,
 )
+from mlpipeline_airflow.variables import optional_variable
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +111,7 @@ def start() -> Record:
 
     overrides = without_empty(dict(get_current_context()["dag_run"].conf or {}))  # empty form field: the Variable
     with fail_fast_on(ConfigError):
-        config = load_config(lambda name: Variable.get(name, default=None), overrides)
+        config = load_config(optional_variable, overrides)  # an unset Variable: the setting's default
         check_candidates(config)
     run = current_run_key()
     path = DataLayout.of(config.data_dir).run_records(run) / "config.json"
@@ -123,15 +132,17 @@ def list_candidates(record: Record) -> list[dict[str, Any]]:
     return [c.model_dump() for c in read_config(record["config_path"]).training_candidates()]
 
 
-@task(retries=3, retry_delay=timedelta(seconds=10), queue=QUEUE_IO)
+@task(retries=3, retry_delay=timedelta(seconds=10), queue=QUEUE_IO, outlets=[RAW_SNAPSHOT])
 def crawl_data(record: Record) -> Record:
     """Download the dataset from `crawl_url` (every page) into `raw/<run>/`, with its manifest and sha256.
     A source that answered with something unusable (4xx, malformed data) fails at once; one that was down or
-    overloaded is retried."""
+    overloaded is retried. Emits a `raw_snapshot` asset event (run, sha256, rows, path)."""
     from mlpipeline.stages.crawl import CrawlError, crawl
 
     with fail_fast_on(CrawlError):  # lets through the errors marked retryable
-        return {**record, "crawl": crawl(read_config(record["config_path"]), record["run"]).to_dict()}
+        crawled = {**record, "crawl": crawl(read_config(record["config_path"]), record["run"]).to_dict()}
+    set_asset_event_extra(RAW_SNAPSHOT, raw_snapshot_extra(crawled))
+    return crawled
 
 
 @task
@@ -168,12 +179,13 @@ def report_unchanged(record: Record) -> str:
     return email.subject
 
 
-@task
+@task(outlets=[PROCESSED_DATA])
 def etl(record: Record) -> Record:
     """Clean the raw snapshot against `dataset_schema` (dedupe, impute, encode) into Parquet under
     `processed/<run>/`, deciding what the data says: the task (if `auto`), the feature columns (if not declared:
     inferred and frozen) and the metric. The run goes on with that resolved config (`runs/<run>/config.resolved.json`).
-    Data that breaks the schema, or a metric that does not fit the task, fails at once."""
+    Data that breaks the schema, or a metric that does not fit the task, fails at once. Emits a `processed_data` asset
+    event (run, the raw data's sha256, rows kept and quarantined, path)."""
     from mlpipeline.stages.etl import EtlError, etl, resolved_config
 
     raw = record["crawl"]
@@ -185,7 +197,9 @@ def etl(record: Record) -> Record:
     atomic_write_json(path, json.loads(resolved.model_dump_json()))
     features = resolved.dataset_schema.feature_names
     log.info("task %s, metric %s, %d feature columns", resolved.task, resolved.validation_metric, len(features))
-    return {**record, "config_path": str(path), "etl": result.to_dict()}
+    cleaned = {**record, "config_path": str(path), "etl": result.to_dict()}
+    set_asset_event_extra(PROCESSED_DATA, processed_data_extra(cleaned))
+    return cleaned
 
 
 @task(
@@ -228,7 +242,8 @@ def validate_model(trained: list[Record]) -> Record:
     from mlpipeline.stages.train import TrainResult
     from mlpipeline.stages.validate import select_best, validate
 
-    records = list(trained)
+    # One slice request: iterating would ask for one item past the end, which Airflow logs as an ERROR.
+    records = list(trained[:])
     config = read_config(records[0]["config_path"])
     best, ranking = select_best([TrainResult(**r["train"]) for r in records], config.validation_metric)
     record = next(r for r in records if r["train"]["candidate"] == best.candidate)
@@ -246,12 +261,13 @@ def decide(record: Record) -> str:
     return "deploy_model" if record["validate"]["deploy"] else "retrain_alert"
 
 
-@task(queue=QUEUE_IO, pool=DEPLOY_POOL)
+@task(queue=QUEUE_IO, pool=DEPLOY_POOL, outlets=[CHAMPION_MODEL])
 def deploy_model(record: Record) -> Record:
     """Register the validated candidate in MLflow (once: the same model is never registered twice), move the
     `champion` alias to it only if it still points where validation saw it, have the endpoint load it and check
     that it answers like the offline model; any failure moves the alias back. Runs one at a time (`deploy` pool);
-    safe to retry at any point. A rollback that cannot reach MLflow fails at once, loudly."""
+    safe to retry at any point. A rollback that cannot reach MLflow fails at once, loudly. Emits a `champion_model`
+    asset event (model name, version, metric and score, run)."""
     from mlpipeline.integrity import IntegrityError
     from mlpipeline.stages.deploy import DeployError, deploy
     from mlpipeline.stages.train import TrainResult
@@ -264,7 +280,9 @@ def deploy_model(record: Record) -> Record:
             candidate=TrainResult(**record["train"]),
             decision=ValidationDecision(**record["validate"]),
         )
-    return {**record, "deploy": result.to_dict()}
+    deployed = {**record, "deploy": result.to_dict()}
+    set_asset_event_extra(CHAMPION_MODEL, champion_extra(deployed))
+    return deployed
 
 
 @task
@@ -310,6 +328,16 @@ def retrain_alert(record: Record) -> str:
     email = notify.retrain_alert_email(dag_run=record["run"], validation=record["validate"], training=record["train"])
     send_email(read_config(record["config_path"]), email)
     return email.subject
+
+
+# The tasks' extra links in the UI (see mlpipeline_airflow.links): the candidate's MLflow run and the run's report
+# (empty where no MLflow UI is known). The email tasks link to the report once it is logged.
+_REPORT_OF_THE_CHOSEN = ReportLink(record_from="validate_model", require_logged=True)
+train_model = with_links(train_model, MlflowRunLink())
+validate_model = with_links(validate_model, MlflowRunLink(), ReportLink())
+deploy_model = with_links(deploy_model, MlflowRunLink())
+success_email = with_links(success_email, _REPORT_OF_THE_CHOSEN)
+retrain_alert = with_links(retrain_alert, _REPORT_OF_THE_CHOSEN)
 
 
 @dag(
