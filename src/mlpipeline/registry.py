@@ -38,9 +38,11 @@ def use_tracking(config: PipelineConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=config.mlflow_tracking_uri, registry_uri=config.mlflow_tracking_uri)
 
 
-# The experiment's kind: MLflow 3's UI opens a "custom model development" experiment on its training runs rather than
-# on the generative-AI overview. MLflow 3.17's UI reads it where its workflow switch is off (and older 3.x UIs
-# always); with the switch on, the browser's choice or a link's ``?workflowType=machine_learning`` decides.
+# The experiment's kind, as MLflow 3's UI names it: a "custom model development" experiment opens on its training
+# runs, not on the generative-AI overview. MLflow 3.17.2's UI reads this tag only with its workflow switch turned
+# off (it is on in that release): there a link's ``?workflowType=machine_learning`` (or the browser's last choice of
+# "Model training" in the sidebar) decides, checked with chromium against a 3.17.2 server; the tag still says what
+# the experiment is, for the UIs and tools that read it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT_KIND = "custom_model_development"
 

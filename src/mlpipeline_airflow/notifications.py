@@ -13,7 +13,6 @@ from airflow.sdk import get_current_context
 
 from mlpipeline.config import PipelineConfig
 from mlpipeline.stages.notify import Email, mime_message, run_links, with_links
-from mlpipeline.stages.report.publish import publish_report, with_report
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,10 @@ def send_run_email(
     ``mlflow_run_id`` (the chosen candidate's MLflow run), and the run's report: written, logged to that MLflow run,
     attached with its summary picture inline. A report that fails is left out and the email says why. ``dag_id``
     and ``airflow_run_id`` default to the running task's. Returns what was sent."""
+    # Imported here, not at the top: the report brings matplotlib, scikit-learn and MLflow, which the DAG files
+    # (parsed often) and the failure callback (this module's other users) do not need.
+    from mlpipeline.stages.report.publish import publish_report, with_report
+
     if dag_id is None or airflow_run_id is None:
         context = get_current_context()
         dag_id = dag_id or context["dag"].dag_id

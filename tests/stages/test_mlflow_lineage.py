@@ -68,6 +68,7 @@ def test_without_airflow_there_are_no_airflow_tags_and_no_link(ws: Workspace, pr
         pipeline_run_id="r",
         dag_id="d",
         task_id="t",
+        map_index=None,  # what Airflow's task instance says for a task that is not mapped
     )
     tags = MlflowClient(ws.tracking_uri).get_run(linked.mlflow_run_id).data.tags
     assert tags["airflow.map_index"] == "-1" and "airflow.run_url" not in tags

@@ -258,14 +258,14 @@ def train(
     candidate: Candidate | None = None,
     dag_id: str | None = None,
     task_id: str | None = None,
-    map_index: int = -1,
+    map_index: int | None = -1,
 ) -> TrainResult:
     """Fit one candidate, evaluate it on the held-out split, log everything to MLflow. Idempotent per run and
     candidate. ``candidate`` defaults to the config's only candidate. ``pipeline_run_id`` (the Airflow run id),
-    ``dag_id``, ``task_id`` and ``map_index`` name the Airflow task instance training it: tags of the MLflow run,
-    with a link back (``airflow.run_url``) where the Airflow UI's address is configured."""
+    ``dag_id``, ``task_id`` and ``map_index`` (None or -1: not mapped) name the Airflow task instance training it:
+    tags of the MLflow run, with a link back (``airflow.run_url``) where the Airflow UI's address is configured."""
     candidate = _chosen(config, candidate)
-    origin = AirflowOrigin(dag_id, pipeline_run_id, task_id, map_index)
+    origin = AirflowOrigin(dag_id, pipeline_run_id, task_id, -1 if map_index is None else map_index)
     out_dir = DataLayout.of(config.data_dir).models(run) / candidate.name
     if (out_dir / RECORD_FILE).exists():
         return TrainResult(**read_json(out_dir / RECORD_FILE))
