@@ -6,7 +6,11 @@ Moving the alias is a compare-and-set: the predecessor is the version validation
 record and registry tag) before the alias moves, and the alias moves only if it still points there; a rollback
 touches the alias only if it still points at this deploy's version. So a retry at any step, or another run's
 deploy in between, never loses the champion or leaves it on an untested version without saying so loudly.
-Deploys are serialised by the DAG (a one-slot pool); these checks keep the rare overlap (a manual run) safe."""
+Deploys are serialised by the DAG (a one-slot pool); these checks keep the rare overlap (a manual run) safe.
+
+Before the alias moves, the version is bound to its own reference (:mod:`mlpipeline.stages.live.reference`: a
+sample of its training features, its predictions on held-out rows, its validation metric and score), which live
+monitoring compares the champion's traffic with."""
 
 from __future__ import annotations
 
