@@ -8,13 +8,14 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, Variable, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from mlpipeline.config import ConfigError, PipelineConfig, load_config
 from mlpipeline.storage import DataLayout, atomic_write_json
 from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.settings import QUEUE_DEFAULT, schedule_from_env
+from mlpipeline_airflow.variables import optional_variable
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def apply_retention() -> dict[str, Any]:
 
     dry_run = bool(get_current_context()["params"].get("dry_run", False))
     with fail_fast_on(ConfigError):
-        config = load_config(lambda name: Variable.get(name, default=None))
+        config = load_config(optional_variable)  # an unset Variable: the setting's default
     active = _active_pipeline_runs(config)
     log.info("ml_pipeline runs that may be active: %s", active or "none")
     result = retention.apply_retention(config, active_runs=active, dry_run=dry_run)

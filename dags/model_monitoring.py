@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.exceptions import AirflowSkipException
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import Label, TriggerRule, Variable, dag, get_current_context, task
+from airflow.sdk import Label, TriggerRule, dag, get_current_context, task
 
 from mlpipeline.config import ConfigError, PipelineConfig, load_config
 from mlpipeline_airflow.assets import RETRAIN_REQUEST
@@ -20,6 +20,7 @@ from mlpipeline_airflow.callbacks import notify_failure, notify_run_failure
 from mlpipeline_airflow.failures import fail_fast_on
 from mlpipeline_airflow.notifications import send_email
 from mlpipeline_airflow.settings import QUEUE_DEFAULT, schedule_from_env
+from mlpipeline_airflow.variables import optional_variable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ skipped.
 
 def _config() -> PipelineConfig:
     with fail_fast_on(ConfigError):
-        return load_config(lambda name: Variable.get(name, default=None))
+        return load_config(optional_variable)  # an unset Variable: the setting's default
 
 
 @task
