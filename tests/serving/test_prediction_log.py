@@ -226,6 +226,26 @@ def test_sqlite_directory_deleted_under_load_loses_no_answer(reg: Registry, tmp_
     assert _written(app) + _dropped(app) == len(hammer.answers)  # every record written or counted as dropped
 
 
+def test_a_database_down_at_start_delays_nothing_and_is_retried(reg: Registry, tmp_path: Path) -> None:
+    reg.register(reg.base(0), "plog_down_at_start")
+    directory = tmp_path / "not-yet"
+    url = f"sqlite:///{directory / 'log.db'}"  # its directory does not exist: the database cannot be opened
+    rows = mf.rows_for_request(mf.make_frame(1, seed=35))
+    app = create_app(
+        tracking_uri=reg.tracking_uri, model_name="plog_down_at_start", poll_seconds=0, prediction_log_url=url
+    )
+    with TestClient(app) as client:
+        first = client.post("/predict", json={"rows": rows})
+        assert first.status_code == 200 and "request_id" in first.json()
+        assert app.state.prediction_log.last_error is not None  # it tried, and says why it could not
+        directory.mkdir()
+        _wait_for(lambda: _written(app) >= 1, 60, "the tables to be created and the first answer written")
+        second = client.post("/predict", json={"rows": rows})
+    requests, logged_rows = _logged(url)
+    assert set(requests) == {first.json()["request_id"], second.json()["request_id"]}
+    assert logged_rows[(first.json()["request_id"], 0)].features == rows[0]
+
+
 def _pg_url(pg: services.PostgresTarget, database: str) -> str:
     return f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{database}"
 
