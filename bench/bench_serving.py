@@ -12,7 +12,7 @@ Then a multiclass model (the raw Palmer penguins data, columns inferred by the E
 missing values; 3 species), single-row and batch latency against MLflow the same way: it answers a probability per
 class, where the binary model answers one.
 
-This module is imported by the load-generator child processes (spawned): keep its top-level imports light.
+The load generator (client side) is ``serving_load``; the prediction log on vs off is ``bench_serving_log``.
 """
 
 from __future__ import annotations
@@ -21,25 +21,29 @@ import contextlib
 import http.client
 import json
 import os
-import queue
-import re
-import resource
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import PYTHON, Section, Stats, interleaved, jsonable, markdown_table, ratio, stats
+from serving_load import (
+    CONNECTIONS,
+    HEADERS,
+    LOAD_PROCESSES,
+    LoadResult,
+    connect,
+    generate_load,
+    percentile,
+    sequential_latencies,
+)
 
 from mlpipeline.dev.localstack import free_port
 
@@ -47,16 +51,12 @@ MODEL_NAME = "churn_classifier"
 ALIAS = "champion"
 MULTICLASS_DATASET = "penguins"  # mlpipeline.dev.public_datasets: shipped by the palmerpenguins package
 DATASET_ROWS = 5000  # the demo data source's default size
-CONNECTIONS = 16
-LOAD_PROCESSES = 4  # 16 connections = 4 processes x 4 threads: the client is not held back by one GIL
 POLL_SECONDS = 2.0  # our server's alias polling period in this benchmark (production default: 10 s)
 ONE_ROW_BODIES = 64  # distinct held-out rows cycled through by the single-row requests
 BATCH_SIZES = (100, 1000)
-HEADERS = {"Content-Type": "application/json"}
 # Our server refuses POST /reload without this bearer token (as deploy sends it); a throw-away one per benchmark run.
 SERVING_TOKEN = os.environ.setdefault("MLPIPELINE_SERVING_TOKEN", secrets.token_urlsafe(32))
 VENV_BIN = Path(PYTHON).parent
-_VERSION_IN_BODY = re.compile(rb'"model_version":"([^"]*)"')
 
 # Targets from the issue.
 TARGET_P50_FRACTION = 1 / 3
@@ -102,251 +102,6 @@ QUICK = Plan(
     floor_rounds=3,
     swap_seconds=12.0,
 )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# HTTP client side (also runs in the spawned load-generator processes).
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _connect(host: str, port: int) -> http.client.HTTPConnection:
-    connection = http.client.HTTPConnection(host, port, timeout=60)
-    connection.connect()
-    # Without it, Nagle + delayed ACK can add ~40 ms to a request whose headers and body go out separately.
-    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return connection
-
-
-def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
-    connection.request("POST", path, body, HEADERS)
-    response = connection.getresponse()
-    return response.status, response.read()
-
-
-@dataclass
-class _Tally:
-    ok: int = 0
-    failed: int = 0
-    latencies: list[float] = field(default_factory=list)
-    versions: Counter[str] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-
-    def merge(self, other: _Tally) -> None:
-        self.ok += other.ok
-        self.failed += other.failed
-        self.latencies.extend(other.latencies)
-        self.versions.update(other.versions)
-        self.errors.extend(other.errors[: max(0, 5 - len(self.errors))])
-
-
-def _hammer(
-    host: str, port: int, path: str, bodies: Sequence[bytes], offset: int, start_at: float, stop_at: float
-) -> _Tally:
-    """One keep-alive connection sending requests back to back until ``stop_at`` (time.monotonic)."""
-    tally = _Tally()
-    connection = _connect(host, port)
-    index = offset
-    while time.monotonic() < start_at:
-        time.sleep(0.001)
-    while (started := time.monotonic()) < stop_at:
-        body = bodies[index % len(bodies)]
-        index += 1
-        try:
-            status, data = _post(connection, path, body)
-        except (OSError, http.client.HTTPException) as exc:
-            tally.failed += 1
-            if len(tally.errors) < 5:
-                tally.errors.append(f"{type(exc).__name__}: {exc}")
-            connection.close()
-            connection = _connect(host, port)
-            continue
-        finished = time.monotonic()
-        if finished > stop_at:
-            break  # completed outside the window: neither counted nor timed
-        tally.latencies.append(finished - started)
-        if status == 200:
-            tally.ok += 1
-            if (match := _VERSION_IN_BODY.search(data, 0, 200)) is not None:
-                tally.versions[match.group(1).decode()] += 1
-        else:
-            tally.failed += 1
-            if len(tally.errors) < 5:
-                tally.errors.append(f"HTTP {status}: {data[:200]!r}")
-    connection.close()
-    return tally
-
-
-def _load_process(
-    host: str,
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    connections: int,
-    first_offset: int,
-    seconds: float,
-    ready: Any,
-    go: Any,
-    start_value: Any,
-    results: Any,
-) -> None:
-    """Entry point of one load-generator process: ``connections`` threads, each with its own keep-alive socket."""
-    tallies: list[_Tally] = []
-    failures: list[str] = []
-    ready.put(os.getpid())
-    go.wait()
-    start_at = start_value.value
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-
-    def worker(offset: int) -> None:
-        try:
-            tallies.append(_hammer(host, port, path, bodies, offset, start_at, start_at + seconds))
-        except Exception as exc:  # reported to the parent, which fails the benchmark loudly
-            failures.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=worker, args=(first_offset + i * 7,)) for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    total = _Tally()
-    for tally in tallies:
-        total.merge(tally)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    results.put(
-        {
-            "ok": total.ok,
-            "failed": total.failed + len(failures),
-            "latencies": total.latencies,
-            "versions": dict(total.versions),
-            "errors": (failures + total.errors)[:5],
-            "cpu_seconds": cpu,
-        }
-    )
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    ok: int
-    failed: int
-    seconds: float
-    latencies: tuple[float, ...]
-    versions: dict[str, int]
-    errors: tuple[str, ...]
-    client_cpu_seconds: float
-
-    @property
-    def requests_per_second(self) -> float:
-        return self.ok / self.seconds
-
-    def percentile_ms(self, q: float) -> float:
-        return _percentile(self.latencies, q) * 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "failed": self.failed,
-            "seconds": self.seconds,
-            "requests_per_second": self.requests_per_second,
-            "p50_ms": self.percentile_ms(50),
-            "p99_ms": self.percentile_ms(99),
-            "max_ms": max(self.latencies, default=0.0) * 1000,
-            "versions": self.versions,
-            "errors": list(self.errors),
-            "client_cpu_share": self.client_cpu_seconds / self.seconds,
-        }
-
-
-def generate_load(
-    host: str,
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    seconds: float,
-    *,
-    during: Callable[[float], Any] | None = None,
-) -> tuple[LoadResult, Any]:
-    """``CONNECTIONS`` keep-alive connections over ``LOAD_PROCESSES`` processes for ``seconds``.
-
-    ``during(start_at)`` runs in this process while the load is on (the champion swap); its result is returned."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding MLflow/sklearn threads
-    ready, results = context.Queue(), context.Queue()
-    go = context.Event()
-    start_value = context.Value("d", 0.0)
-    per_process = CONNECTIONS // LOAD_PROCESSES
-    processes = [
-        context.Process(
-            target=_load_process,
-            args=(host, port, path, bodies, per_process, i, seconds, ready, go, start_value, results),
-            daemon=True,
-        )
-        for i in range(LOAD_PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        _wait_ready(ready, processes, timeout=120)
-        start_at = time.monotonic() + 0.5  # time for every thread to connect before the window opens
-        start_value.value = start_at
-        go.set()
-        during_result = during(start_at) if during is not None else None
-        parts = [results.get(timeout=seconds + 120) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-    return (
-        LoadResult(
-            ok=sum(p["ok"] for p in parts),
-            failed=sum(p["failed"] for p in parts),
-            seconds=seconds,
-            latencies=tuple(latency for p in parts for latency in p["latencies"]),
-            versions=dict(sum((Counter(p["versions"]) for p in parts), Counter())),
-            errors=tuple(error for p in parts for error in p["errors"])[:5],
-            client_cpu_seconds=sum(p["cpu_seconds"] for p in parts),
-        ),
-        during_result,
-    )
-
-
-def _wait_ready(ready: Any, processes: Sequence[Any], timeout: float) -> None:
-    """Every load process has started; fail fast (not after the timeout) if one of them died."""
-    deadline = time.monotonic() + timeout
-    waiting = len(processes)
-    while waiting:
-        try:
-            ready.get(timeout=0.5)
-            waiting -= 1
-        except queue.Empty:
-            dead = [p.exitcode for p in processes if p.exitcode is not None]
-            if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"load generator did not start (exit codes {dead})") from None
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def sequential_latencies(host: str, port: int, path: str, bodies: Sequence[bytes], count: int) -> list[float]:
-    """Seconds per request, ``count`` requests one after another on one fresh keep-alive connection."""
-    connection = _connect(host, port)
-    latencies = []
-    try:
-        for index in range(count):
-            started = time.perf_counter()
-            status, data = _post(connection, path, bodies[index % len(bodies)])
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"{path} answered HTTP {status}: {data[:300]!r}")
-    finally:
-        connection.close()
-    return latencies
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -482,7 +237,7 @@ class Server:
             connection.close()
 
     def post(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        connection = _connect(self.host, self.port)
+        connection = connect(self.host, self.port)
         try:
             connection.request("POST", path, body, {**HEADERS, "Authorization": f"Bearer {SERVING_TOKEN}"})
             response = connection.getresponse()
@@ -515,13 +270,15 @@ def _wait_healthy(server: Server, path: str, timeout: float) -> None:
     raise RuntimeError(f"{server.name} not healthy after {timeout:.0f} s: {server.log_path.read_text()[-3000:]}")
 
 
-def _spawn(store: Store, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+def _spawn(
+    store: Store, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     """Start a server process in its own session, logging to ``<store>/<name>.log``."""
     log_path = store.root / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             argv,
-            env=_server_env(store.tracking_uri),
+            env={**_server_env(store.tracking_uri), **(extra_env or {})},
             cwd=store.root,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -530,17 +287,18 @@ def _spawn(store: Store, name: str, argv: list[str]) -> tuple[subprocess.Popen[b
     return process, log_path
 
 
-def start_ours(store: Store) -> Server:
+def start_ours(store: Store, name: str = "ours", extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     process, log_path = _spawn(
         store,
-        "ours",
+        name,
         [
             *(PYTHON, "-m", "mlpipeline.serving", "--port", str(port), "--poll-seconds", str(POLL_SECONDS)),
             *("--model-name", store.model_name, "--alias", ALIAS, "--log-level", "warning"),
         ],
+        extra_env,
     )
-    return Server("ours", process, "127.0.0.1", port, "/predict", log_path, ours_body)
+    return Server(name, process, "127.0.0.1", port, "/predict", log_path, ours_body)
 
 
 def start_mlflow(store: Store) -> Server:
@@ -599,10 +357,10 @@ def measure_latency(servers: Sequence[Server], store: Store, plan: Plan) -> dict
     for name, rounds in samples.items():
         pooled = [value for values in rounds for value in values]
         out[name] = {
-            "p50": stats([_percentile(values, 50) for values in rounds]),
-            "p99": stats([_percentile(values, 99) for values in rounds]),
-            "pooled_p50": _percentile(pooled, 50),
-            "pooled_p99": _percentile(pooled, 99),
+            "p50": stats([percentile(values, 50) for values in rounds]),
+            "p99": stats([percentile(values, 99) for values in rounds]),
+            "pooled_p50": percentile(pooled, 50),
+            "pooled_p99": percentile(pooled, 99),
             "requests": len(pooled),
         }
     return out
@@ -693,7 +451,7 @@ def measure_floor(store: Store, plan: Plan) -> dict[str, Any]:
         )
     return {
         "fast_path": loaded.fast is not None,
-        "server_path_p99": _percentile(single["server_path"].values, 99),
+        "server_path_p99": percentile(single["server_path"].values, 99),
         "single": {name: _chunked_medians(s.values, plan.floor_rounds) for name, s in single.items()},
         "batch": {int(size): s for size, s in batches.items()},
     }
@@ -950,7 +708,9 @@ def _load_average() -> str:
     return ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def run(quick: bool) -> Section:
+def run(quick: bool) -> list[Section]:
+    """The serving section, and the prediction log on vs off (bench_serving_log) on the same model."""
+    import bench_serving_log
     import mlflow
 
     plan = QUICK if quick else FULL
@@ -970,11 +730,12 @@ def run(quick: bool) -> Section:
             results["batches"] = measure_batches(servers, store, plan)
             results["floor"] = measure_floor(store, plan)
             results["swap"] = measure_swap(ours, store, plan)
+        logging_section = bench_serving_log.run(quick, store=store)
         results["multiclass"] = measure_multiclass(Path(tmp) / "multiclass", plan)
     markdown = render(results, plan) + "\n\n" + render_multiclass(results["multiclass"], plan)
-    return Section(name="serving", markdown=markdown, data=jsonable(results))
+    return [Section(name="serving", markdown=markdown, data=jsonable(results)), logging_section]
 
 
 if __name__ == "__main__":
-    section = run(quick="--quick" in sys.argv)
-    print(section.markdown)
+    for section in run(quick="--quick" in sys.argv):
+        print(section.markdown)
