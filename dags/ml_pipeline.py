@@ -167,16 +167,15 @@ def data_changed(record: Record) -> str:
 @task(queue=QUEUE_IO)
 def report_unchanged(record: Record) -> str:
     """The run ends early, the champion keeps serving: said in the run's record (`data_check.json`) and, if
-    `notify_unchanged`, in one short email."""
+    `notify_unchanged`, in one short email with the run's report and a link to the Airflow run."""
     from mlpipeline.stages.validate import DataCheck, unchanged_email
+    from mlpipeline_airflow.notifications import send_run_email
 
     config = read_config(record["config_path"])
     check = DataCheck(**record["data_check"])
     if not config.notify_unchanged:
         return ""
-    email = unchanged_email(check, dag_run=record["run"])
-    send_email(config, email)
-    return email.subject
+    return send_run_email(config, unchanged_email(check, dag_run=record["run"]), run=record["run"]).subject
 
 
 @task(outlets=[PROCESSED_DATA])
@@ -225,6 +224,9 @@ def train_model(record: Record, candidate: dict[str, Any]) -> Record:
             data_sha256=record["crawl"]["sha256"],
             pipeline_run_id=context["run_id"],
             candidate=Candidate(**candidate),
+            dag_id=DAG_ID,
+            task_id=context["ti"].task_id,
+            map_index=context["ti"].map_index,
         )
     return {**record, "train": result.to_dict()}
 
@@ -309,7 +311,10 @@ def monitor(record: Record) -> Record:
 
 @task(queue=QUEUE_IO)
 def success_email(record: Record) -> str:
-    """Email the run's report (data, training, validation, deployment, monitoring) to `notification_email`."""
+    """Email what the run did (data, training, validation, deployment, monitoring) to `notification_email`, with
+    the run's report (logged to the new champion's MLflow run too) and links to the Airflow and MLflow runs."""
+    from mlpipeline_airflow.notifications import send_run_email
+
     email = notify.success_email(
         dag_run=record["run"],
         validation=record["validate"],
@@ -318,16 +323,19 @@ def success_email(record: Record) -> str:
         monitoring=record["monitor"],
         etl=record["etl"],
     )
-    send_email(read_config(record["config_path"]), email)
-    return email.subject
+    config = read_config(record["config_path"])
+    return send_run_email(config, email, run=record["run"], mlflow_run_id=record["train"]["mlflow_run_id"]).subject
 
 
 @task(queue=QUEUE_IO)
 def retrain_alert(record: Record) -> str:
-    """Email why the candidate was rejected (the champion keeps serving): a retrain or a look at the data is due."""
+    """Email why the candidate was rejected (the champion keeps serving): a retrain or a look at the data is due.
+    With the run's report (logged to the candidate's MLflow run too) and links to the Airflow and MLflow runs."""
+    from mlpipeline_airflow.notifications import send_run_email
+
     email = notify.retrain_alert_email(dag_run=record["run"], validation=record["validate"], training=record["train"])
-    send_email(read_config(record["config_path"]), email)
-    return email.subject
+    config = read_config(record["config_path"])
+    return send_run_email(config, email, run=record["run"], mlflow_run_id=record["train"]["mlflow_run_id"]).subject
 
 
 # The tasks' extra links in the UI (see mlpipeline_airflow.links): the candidate's MLflow run and the run's report
