@@ -166,12 +166,12 @@ def process_stack(root: Path, overrides: dict[str, str]) -> Iterator[ProcessStac
     """The production stack (not started) on fresh databases of the PostgreSQL above and a Redis of its own."""
     with (
         postgres_server() as pg,
-        databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db),
+        databases(pg, "airflow", "mlflow", "prediction_log") as (airflow_db, mlflow_db, log_db),
         redis_server() as rd,
     ):
         yield ProcessStack(
             root=root,
-            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
+            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db, log_db),
             redis=Redis(rd.host, rd.port, 0, rd.password),
             overrides=overrides,
         )

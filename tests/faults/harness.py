@@ -94,11 +94,14 @@ class FaultStack:
 @contextlib.contextmanager
 def fault_stack(root: Path) -> Iterator[FaultStack]:
     redis = RestartableRedis()
-    with postgres_server() as pg, databases(pg, "airflow", "mlflow") as (airflow_db, mlflow_db):
+    with (
+        postgres_server() as pg,
+        databases(pg, "airflow", "mlflow", "prediction_log") as (airflow_db, mlflow_db, log_db),
+    ):
         redis.start()
         stack = ProcessStack(
             root=root,
-            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db),
+            postgres=Postgres(pg.host, pg.port, pg.user, pg.password, airflow_db, mlflow_db, log_db),
             redis=Redis("127.0.0.1", redis.port, 0, redis.password),
             overrides=dict(STACK_OVERRIDES),
         )
