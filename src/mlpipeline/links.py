@@ -7,6 +7,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from mlpipeline.config import PipelineConfig
 
+ML_WORKFLOW = "?workflowType=machine_learning"
+
 
 def _base(url: str | None) -> str | None:
     """``url`` without credentials, query or trailing slash (a tracking URI may carry a user:password)."""
@@ -24,13 +26,16 @@ def mlflow_ui_base(config: PipelineConfig) -> str | None:
 
 
 def mlflow_run_url(config: PipelineConfig, run_id: str | None, experiment_id: str | None = None) -> str | None:
-    """The MLflow UI page of run ``run_id`` (MLflow redirects ``#/runs/<id>`` to its experiment's page)."""
+    """The MLflow UI page of run ``run_id`` (MLflow redirects ``#/runs/<id>`` to its experiment's page).
+
+    ``?workflowType=machine_learning``: MLflow 3's UI opens experiments on its generative-AI pages unless the link (or
+    the browser's last choice) says otherwise; a reviewer following our links lands in the model-training views."""
     base = mlflow_ui_base(config)
     if base is None or not run_id:
         return None
     if experiment_id:
-        return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
-    return f"{base}/#/runs/{quote(run_id, safe='')}"
+        return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}{ML_WORKFLOW}"
+    return f"{base}/#/runs/{quote(run_id, safe='')}{ML_WORKFLOW}"
 
 
 def airflow_run_url(config: PipelineConfig, dag_id: str, run_id: str | None) -> str | None:

@@ -122,7 +122,7 @@ def test_the_ui_links_each_task_to_its_mlflow_run_and_the_report(
 
     def run_page(mlflow_run_id: str) -> str:
         experiment_id = mlflow.get_run(mlflow_run_id).info.experiment_id
-        return f"{MLFLOW_UI}/#/experiments/{experiment_id}/runs/{mlflow_run_id}"
+        return f"{MLFLOW_UI}/#/experiments/{experiment_id}/runs/{mlflow_run_id}?workflowType=machine_learning"
 
     for index in (0, 1):
         trained = _returned(airflow_stack, run_id, "train_model", index)["train"]

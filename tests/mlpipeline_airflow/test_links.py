@@ -65,7 +65,7 @@ def test_mlflow_run_link_is_the_candidates_run_page(tmp_path: Path, mlflow_run: 
 
     url = MlflowRunLink().get_link(None, ti_key=ti)  # type: ignore[arg-type]
 
-    assert url == f"{UI}/#/experiments/{experiment_id}/runs/{run_id}"
+    assert url == f"{UI}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     assert ti.pulled == [("train_model", 2)]  # a mapped instance reads its own record
 
 
@@ -122,7 +122,7 @@ def test_an_unknown_run_falls_back_to_mlflows_own_redirect(tmp_path: Path, mlflo
     uri, _, _ = mlflow_run
     record = _record(tmp_path, "0" * 32, mlflow_tracking_uri=uri, mlflow_ui_url=UI)
     ti = RunningTaskInstance({("validate_model", -1): record}, task_id="validate_model")
-    assert MlflowRunLink().get_link(None, ti_key=ti) == f"{UI}/#/runs/{'0' * 32}"  # type: ignore[arg-type]
+    assert MlflowRunLink().get_link(None, ti_key=ti) == f"{UI}/#/runs/{'0' * 32}?workflowType=machine_learning"  # type: ignore[arg-type]
     assert ReportLink().get_link(None, ti_key=ti) == ""  # type: ignore[arg-type]  # its route needs the experiment
 
 

@@ -65,7 +65,7 @@ def test_a_run_email_carries_links_the_report_attached_and_its_picture_inline(
     assert first["Subject"] == second["Subject"] == email.subject
     html = first.get_body(("html",)).get_content()
     assert '<a href="http://airflow.example:8080/dags/ml_pipeline/runs/manual__1">Airflow run</a>' in html
-    assert f'<a href="http://mlflow.example:5000/#/runs/{run_id}">MLflow run</a>' in html
+    assert f'<a href="http://mlflow.example:5000/#/runs/{run_id}?workflowType=machine_learning">MLflow run</a>' in html
     assert f"runs:/{run_id}/report/report.html" in html and "Not available" not in html
     [image] = [part for part in first.walk() if part.get_content_type() == "image/png"]
     assert f'src="cid:{image["Content-ID"].strip("<>")}"' in html and image.get_content().startswith(b"\x89PNG")

@@ -158,14 +158,14 @@ def test_links_go_under_the_heading_and_only_where_a_ui_is_configured() -> None:
     )
     assert linked.airflow_run == "https://airflow.example/dags/ml_pipeline/runs/manual__1%2B0"
     assert linked.airflow_task == linked.airflow_run + "/tasks/etl"
-    assert linked.mlflow_run == "https://mlflow.example/#/runs/abc"
+    assert linked.mlflow_run == "https://mlflow.example/#/runs/abc?workflowType=machine_learning"
     html = notify.with_links(email, linked).html
     heading, rest = html.split("</h2>", 1)
     assert heading == email.html.split("</h2>", 1)[0]
     assert rest.lstrip().startswith(
         '<p><a href="https://airflow.example/dags/ml_pipeline/runs/manual__1%2B0">Airflow run</a> | '
     )
-    assert '<a href="https://mlflow.example/#/runs/abc">MLflow run</a></p>' in rest
+    assert '<a href="https://mlflow.example/#/runs/abc?workflowType=machine_learning">MLflow run</a></p>' in rest
 
 
 def test_a_message_with_an_inline_image_and_an_attachment_parses_back() -> None:
