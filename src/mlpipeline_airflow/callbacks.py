@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # The DAG's first task: its record names the run's frozen config (``{"config_path": ..., "run": ...}``).
 CONFIG_TASK_ID = "start"
-# The only settings a failure email needs; read one by one so one bad Variable cannot silence the rest.
-RECIPIENT_SETTINGS = ("notification_email", "email_from")
+# The only settings a failure email needs (who gets it, and the UIs it links to); read one by one so one bad
+# Variable cannot silence the rest.
+RECIPIENT_SETTINGS = ("notification_email", "email_from", "airflow_ui_url", "mlflow_ui_url")
 # Under runs/<run>/: one marker per failed try that was emailed.
 ALERTS_DIR = "alerts"
 
@@ -64,7 +65,16 @@ def notify_failure(context: dict[str, Any]) -> None:
         error=f"{type(error).__name__}: {error}" if error else "unknown error (see the task log)",
         log_url=getattr(ti, "log_url", None),
     )
-    _send_or_release(_recipients(record), email, marker)
+    config = _recipients(record)
+    map_index = getattr(ti, "map_index", None)
+    task_links = notify.run_links(
+        config,
+        dag_id=ti.dag_id,
+        airflow_run_id=ti.run_id,
+        task_id=ti.task_id,
+        map_index=-1 if map_index is None else map_index,  # not `or -1`: index 0 is a mapped instance
+    )
+    _send_or_release(config, notify.with_links(email, task_links), marker)
 
 
 def notify_run_failure(context: dict[str, Any]) -> None:
@@ -87,7 +97,10 @@ def notify_run_failure(context: dict[str, Any]) -> None:
     email = notify.failure_email(
         dag_id=dag_id, task_id="(run)", dag_run=run_id, try_number=None, error=str(reason), log_url=None
     )
-    _send_or_release(_recipients(None), email, marker)
+    config = _recipients(None)
+    _send_or_release(
+        config, notify.with_links(email, notify.run_links(config, dag_id=dag_id, airflow_run_id=run_id)), marker
+    )
 
 
 def will_be_retried(context: dict[str, Any]) -> bool:

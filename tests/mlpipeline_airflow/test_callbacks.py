@@ -55,6 +55,18 @@ def test_emails_the_failure_to_the_runs_recipients(mail: MailCatcher, tmp_path: 
     assert ti.pulled == ["start"]
 
 
+def test_the_failure_email_links_to_the_failed_task_instance(mail: MailCatcher, tmp_path: Path) -> None:
+    ti = FakeTaskInstance(_frozen_config(tmp_path, airflow_ui_url="http://airflow.example:8080"), task_id="train_model")
+    ti.map_index = 0  # the first mapped instance: index 0, not "unmapped"
+    notify_failure({"ti": ti, "exception": ConfigError("bad")})
+
+    [message] = mail.messages()
+    body = message.get_body(("html",)).get_content()
+    run = "http://airflow.example:8080/dags/ml_pipeline/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00"
+    assert f'<a href="{run}">Airflow run</a>' in body
+    assert f'<a href="{run}/tasks/train_model/mapped/0">Airflow task</a>' in body
+
+
 # Airflow 3.1's DAG processor calls on_failure_callback, with a stateless task instance, when a task stopped
 # heartbeating (its worker died), whatever try it was; the task's own process calls it, with the task instance
 # failed (and, except under `airflow dags test`, the exception), only for a final failure.
