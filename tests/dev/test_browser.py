@@ -209,9 +209,10 @@ def test_the_report_link_shows_the_report_with_its_plots(ui_run: UiRun, stack: P
     # The report of this run, with the bar the form set deciding it.
     decision = report.locator("section#decision").inner_text()
     assert "REJECT" in decision.upper() and f"{FORM_VALUES['metric_threshold']:.4f}" in decision, decision
+    assert report.locator("section#confusion img").count() > 0, "the report shows no confusion matrix"
     images = report.locator("img").count()
-    assert images > 0, "the report shows no plot"
-    assert undecoded_images(report) == [], "plots that did not render"
+    assert undecoded_images(report) == [], f"plots that did not render (of {images})"
+    ui_run.shots.take(report_page, "report-plots")  # scrolled to its last plot
     report_page.close()
 
 
