@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -24,3 +26,24 @@ def test_model_requirements_pin_the_runtime_stack_and_its_plain_dependencies_onl
     # Closed over plain dependencies (scikit-learn -> scipy, joblib, ...), not extras (pandas[test], pandas[parquet]).
     assert {"scipy", "numpy", "joblib", "threadpoolctl"} <= set(pins)
     assert not {"pytest", "hypothesis", "pyarrow"} & set(pins)
+
+
+def test_logging_a_model_in_an_airflow_worker_warns_nothing_about_airflow(tmp_path: Path) -> None:
+    # skops probes every imported module for each type it saves; Airflow's deprecated aliases warn when probed.
+    import airflow.utils.operator_resources  # noqa: F401  (one of them, as a worker has it imported)
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mlpipeline.registry import log_sklearn_model
+    from tests.model_factory import FEATURES, TARGET, Registry, build_pipeline, make_frame
+
+    registry = Registry(tmp_path)
+    data = make_frame(200)
+    model = build_pipeline(n_estimators=5, max_depth=3, seed=0).fit(data[FEATURES], data[TARGET])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        signature = infer_signature(data[FEATURES], model.predict(data[FEATURES]))
+        with mlflow.start_run(experiment_id=registry.experiment_id):
+            log_sklearn_model(model, signature=signature, input_example=data[FEATURES].head(3))
+    about_airflow = [str(w.message) for w in caught if "airflow" in str(w.message)]
+    assert about_airflow == []

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,7 +146,10 @@ def log_sklearn_model(
     run (integrity.signature_tags). Register it only after this returns: unsigned models never load.
     """
     integrity.signing_key()  # no key: refuse before logging anything
-    with model_code_paths() as code_paths:
+    with model_code_paths() as code_paths, warnings.catch_warnings():
+        # skops finds each type's module by probing every imported module's attributes; in an Airflow worker that
+        # touches Airflow's deprecated aliases, each of which warns (~900 lines per model, none about the model).
+        warnings.filterwarnings("ignore", message=r"The `airflow\..*` attribute is deprecated")
         info = mlflow.sklearn.log_model(
             pipeline,
             name=name,
