@@ -17,8 +17,15 @@ Environment:
   ``DEMO_DATA_DIR`` (default data/), ``DEMO_*_PORT`` (see mlpipeline.dev.localstack.Ports), ``DEMO_TIMEOUT``
   (seconds).
 
-The summary shows the branch taken, the decision, the data, the served model and one prediction for a held-out row
-of the data (its columns from the run's resolved config).
+After a run that deployed, the demo sends live traffic to the model server (held-out rows of the run, the second
+half drifted on a few numeric features, outcomes posted to /feedback, some wrong; see mlpipeline.dev.traffic), which
+logs it to the prediction log (``predictions.db`` in DEMO_DIR: the model server's MLPIPELINE_PREDICTION_LOG_URL and
+the prediction_log_url Variable), then triggers ``model_monitoring`` once through the scheduler and waits for it; a
+degraded verdict asks ml_pipeline for a retrain, whose run the demo follows too.
+
+The summary shows the branch taken, the decision, the data, the served model, one prediction for a held-out row
+of the data (its columns from the run's resolved config), the live traffic and the monitoring verdict, the run's
+report (``runs/<run>/report.html``) and where the emails are (``.eml`` files).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,35 +52,47 @@ from mlpipeline.dev.localstack import (
     variables_from_environment,
 )
 from mlpipeline.dev.mailcatcher import read_mailbox
+from mlpipeline.dev.traffic import DriftSpec, TrafficError, TrafficPlan, TrafficResult, traffic_for_run
 from mlpipeline.payload import json_rows
 from mlpipeline.storage import DataLayout, read_json, run_key
 from mlpipeline.tasks import higher_is_better
 
 DAG_ID = "ml_pipeline"
+MONITORING_DAG_ID = "model_monitoring"
 FINISHED = {"success", "failed"}
+# After a deploy: live traffic on the run's held-out rows, the second half drifted (three numeric features moved by
+# 1.5 standard deviations), outcomes posted for 90 % of the rows, a quarter of them wrong: monitoring has something
+# to find. Above monitoring_min_samples (200) with room to spare.
+DEMO_TRAFFIC = TrafficPlan(
+    rows=600, batch_size=20, feedback_fraction=0.9, wrong_fraction=0.25, drift=DriftSpec(shift=1.5, fraction=0.5)
+)
+# How long the scheduler may take to start the ml_pipeline run that a retrain request (an asset event) asks for.
+RETRAIN_START_SECONDS = 90
 
 
 def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def follow(client: AirflowClient, run_id: str, timeout: float) -> str:
+def follow(client: AirflowClient, run_id: str, timeout: float, dag_id: str = DAG_ID) -> str:
     """Print each task's state changes until the run finishes; return the run's final state."""
     seen: dict[str, str | None] = {}
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        for task_id, state in client.task_states(DAG_ID, run_id).items():
+        for task_id, state in client.task_states(dag_id, run_id).items():
             if state != seen.get(task_id) and state not in (None, "scheduled", "queued"):
-                say(f"  {task_id:<15} {state}  (+{time.monotonic() - started:.0f} s)")
+                say(f"  {task_id:<20} {state}  (+{time.monotonic() - started:.0f} s)")
             seen[task_id] = state
-        state = client.run_state(DAG_ID, run_id)
+        state = client.run_state(dag_id, run_id)
         if state in FINISHED:
             return state
         time.sleep(1)
     raise StackError(f"run {run_id} did not finish within {timeout:.0f} s")
 
 
-def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_before: int) -> None:
+def summary(
+    stack: LocalStack, run_id: str, states: dict[str, str | None], mail_before: int, live: LiveOutcome | None
+) -> None:
     variables = stack.pipeline_variables()
     layout = DataLayout.of(variables["data_dir"])
     run = run_key(run_id)
@@ -97,12 +117,15 @@ def summary(stack: LocalStack, run_id: str, states: dict[str, str | None], mail_
         print(f"  dataset           : {config.crawl_url}")
         print(f"                      task {config.task}, target {config.dataset_schema.target!r}, {_features(config)}")
     _serving_summary(stack.serving_url, config, holdout)
+    if live is not None:
+        _live_summary(live)
+    print(f"  report            : {_run_report(records)}")
     mails = read_mailbox(stack.mail_dir)[mail_before:]
     for message in mails:
         print(f"  email sent        : {message['subject']!r} to {message['to']}")
     if not mails:
         print("  email sent        : none")
-    print(f"  mailbox           : {stack.mail_dir}")
+    print(f"  emails (.eml)     : {stack.mail_dir}")
     print(f"  Airflow           : {stack.api_url} (admin / see {stack.root / 'secrets.json'}), logs {stack.logs}")
     print("=" * 78)
 
@@ -209,6 +232,95 @@ def _short(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@dataclass
+class LiveOutcome:
+    """What the demo's live traffic and its monitoring run did."""
+
+    traffic: TrafficResult
+    run_id: str
+    state: str
+    record: dict[str, Any] | None  # the check's JSON record (verdict, reasons); None if the check did not run
+    retrain_run: str | None = None  # the ml_pipeline run the degraded verdict asked for
+    retrain_branch: str | None = None
+
+
+def live_monitoring(stack: LocalStack, client: AirflowClient, run: str, timeout: float) -> LiveOutcome:
+    """Live traffic (a drifted slice, feedback) to the model server, then one model_monitoring run through the
+    scheduler; if it asks for a retrain, the ml_pipeline run that starts follows to its end too (the demo leaves
+    nothing running)."""
+    layout = DataLayout.of(stack.pipeline_variables()["data_dir"])
+    drift = DEMO_TRAFFIC.drift
+    say(
+        f"sending live traffic: {DEMO_TRAFFIC.rows} held-out rows, the last {drift.fraction:.0%} drifted,"
+        f" outcomes for {DEMO_TRAFFIC.feedback_fraction:.0%} ({DEMO_TRAFFIC.wrong_fraction:.0%} of them wrong)"
+    )
+    token = stack.pipeline_secrets()["MLPIPELINE_SERVING_TOKEN"]
+    try:
+        traffic = traffic_for_run(layout.run_records(run), DEMO_TRAFFIC, serving_url=stack.serving_url, token=token)
+    except (TrafficError, httpx.HTTPError) as exc:
+        raise StackError(f"live traffic to {stack.serving_url} failed: {exc}") from exc
+    say(f"  {traffic.summary()}")
+    earlier = {r["dag_run_id"] for r in client.runs(DAG_ID)}
+    monitoring_run = client.trigger(MONITORING_DAG_ID, {})
+    say(f"triggered {MONITORING_DAG_ID} run {monitoring_run}")
+    state = follow(client, monitoring_run, timeout, MONITORING_DAG_ID)
+    record_path = layout.root / "monitoring" / f"{run_key(monitoring_run)}.json"
+    record = read_json(record_path) if record_path.exists() else None
+    live = LiveOutcome(traffic, monitoring_run, state, record)
+    if client.task_states(MONITORING_DAG_ID, monitoring_run).get("request_retrain") == "success":
+        live.retrain_run = _retrain_run(client, earlier)
+        if live.retrain_run is not None:
+            say(f"the retrain request started {DAG_ID} run {live.retrain_run}")
+            follow(client, live.retrain_run, timeout)
+            states = client.task_states(DAG_ID, live.retrain_run)
+            live.retrain_branch = next((t for t in BRANCHES if states.get(t) == "success"), "?")
+    return live
+
+
+def _retrain_run(client: AirflowClient, earlier: set[str]) -> str | None:
+    """The ml_pipeline run the retrain request's asset event created (the scheduler starts it within seconds)."""
+    deadline = time.monotonic() + RETRAIN_START_SECONDS
+    while time.monotonic() < deadline:
+        new = [r["dag_run_id"] for r in client.runs(DAG_ID) if r["dag_run_id"] not in earlier]
+        if new:
+            return str(new[0])
+        time.sleep(1)
+    say(f"no {DAG_ID} run started within {RETRAIN_START_SECONDS} s of the retrain request")
+    return None
+
+
+def _live_summary(live: LiveOutcome) -> None:
+    print(f"  live traffic      : {live.traffic.summary()}")
+    if live.record is None:
+        print(f"  live monitoring   : {MONITORING_DAG_ID} run {live.run_id} {live.state}, no verdict recorded")
+        return
+    record = live.record
+    score = record.get("live_score")
+    shown = "none" if score is None else f"{score:.4f}"
+    print(
+        f"  live monitoring   : {MONITORING_DAG_ID} run {live.run_id}: verdict {record['verdict']}"
+        f" (v{record['model_version']}, {record['predictions']} predictions, {record['with_feedback']} with feedback,"
+        f" live {record['metric']} {shown} vs validation {record['validation_score']:.4f})"
+    )
+    for reason in record.get("reasons", [])[:6]:
+        print(f"                      - {reason}")
+    if live.retrain_run:
+        print(f"  retrain requested : {DAG_ID} run {live.retrain_run} -> {live.retrain_branch}")
+
+
+def _run_report(records: Path) -> Path | str:
+    """The run's HTML report: the DAG's if it wrote one, else written now from the run's records."""
+    from mlpipeline.cli.report import write_run_report
+
+    existing = records / "report.html"
+    if existing.exists():
+        return existing
+    try:
+        return write_run_report(records)
+    except Exception as exc:  # the summary goes on without it, saying why
+        return f"not written ({type(exc).__name__}: {exc})"
+
+
 def demo_variables(stack: LocalStack, environ: dict[str, str]) -> dict[str, str]:
     """The Variables the demo sets: DEMO_DATASET's, then every ``AIRFLOW_VAR_<NAME>`` of the environment over them."""
     variables = stack.dataset_variables(environ.get("DEMO_DATASET") or BUNDLED_DATASET)
@@ -247,7 +359,14 @@ def main() -> int:
             failed = [t for t, s in states.items() if s == "failed"]
             say(f"run {run_id} {state}; failed task(s): {failed}. Task logs: {stack.logs / 'airflow'}")
             return 1
-        summary(stack, run_id, states, mail_before)
+        live = None
+        if states.get("deploy_model") == "success":
+            live = live_monitoring(stack, client, run_key(run_id), timeout)
+            if live.state != "success":
+                failed = [t for t, s in client.task_states(MONITORING_DAG_ID, live.run_id).items() if s == "failed"]
+                say(f"{MONITORING_DAG_ID} run {live.run_id} {live.state}; failed task(s): {failed}")
+                return 1
+        summary(stack, run_id, states, mail_before, live)
         return 0
     except StackError as exc:
         say(f"error: {exc}")

@@ -45,6 +45,13 @@ def _demo(
     )
 
 
+def _line(out: str, label: str) -> str:
+    """The value of the summary line that starts with ``label``."""
+    return next(line for line in out.splitlines() if line.startswith(label))[len(label) :].strip()
+
+
+# Three whole demos, the first with its live traffic, monitoring run and the retrain run it asks for.
+@pytest.mark.timeout(2400)
 def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     demo_state: tuple[Path, Ports],
 ) -> None:
@@ -59,6 +66,16 @@ def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     assert "email sent        : '[ml_pipeline] deployed churn_classifier v1" in out
     assert list((tmp_path / "data" / "raw").glob("*/manifest.json"))
     assert list((tmp_path / "data" / "processed").glob("*/features.parquet"))
+    # After the deploy: live traffic with a drifted slice and feedback, then one model_monitoring run's verdict.
+    assert "live traffic      : 600 rows in 30 requests (model v1), 600 logged, drifted: 300 drifted on " in out
+    assert "live monitoring   : model_monitoring run manual__" in out
+    assert "verdict degraded (v1, " in out, "the drifted slice and the wrong outcomes are noticed"
+    assert "email sent        : '[model_monitoring] churn_classifier v1 degraded: " in out, "the alert email"
+    report = Path(_line(out, "  report            :"))
+    assert report.parent.parent == tmp_path / "data" / "runs" and report.name == "report.html" and report.is_file()
+    assert _line(out, "  emails (.eml)     :") == str(tmp_path / "demo" / "mail")
+    assert list((tmp_path / "demo" / "mail").glob("*.eml"))
+    assert list((tmp_path / "data" / "monitoring").glob("manual__*.json"))
 
     second = _demo(tmp_path, ports)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
@@ -66,6 +83,8 @@ def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     assert "branch taken      : report_unchanged" in out, "the same data and settings train nothing"
     assert "unchanged=True" in out, "the unchanged source is detected"
     assert "serving           : churn_classifier v1" in out and "(model v1)" in out
+    assert "live traffic" not in out, "nothing deployed: no traffic, no monitoring run"
+    assert Path(_line(out, "  report            :")).is_file()
     assert "stopping the processes this demo started" in out
 
     third = _demo(tmp_path, ports, conf='{"random_state": 7}')  # a run may change how a model is trained
@@ -73,6 +92,7 @@ def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     assert "champion v1" in third.stdout, "a run that trains is compared with the first run's champion"
 
 
+@pytest.mark.timeout(1200)
 def test_your_own_data_through_airflow_variables_in_the_environment(demo_state: tuple[Path, Ports]) -> None:
     """The README's "bring your own dataset": a URL and a target, nothing else. The data is the raw penguins file
     (multiclass, messy) from the demo's own data source, the state the churn runs above left (their champion has

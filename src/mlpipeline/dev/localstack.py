@@ -212,6 +212,11 @@ class LocalStack:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
+    def prediction_log_url(self) -> str:
+        """The model server's prediction log (SQLite beside the stack), read by the model_monitoring DAG."""
+        return f"sqlite:///{self.root / 'predictions.db'}"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.airflow_api}"
 
@@ -278,6 +283,7 @@ class LocalStack:
             "mlflow_tracking_uri": self.mlflow_uri,
             "mlflow_artifact_location": str(self.root / "mlartifacts"),
             "serving_url": self.serving_url,
+            "prediction_log_url": self.prediction_log_url,
             **self.variables,
         }
 
@@ -308,12 +314,17 @@ class LocalStack:
                 # The scheduler's idle sleep (1 s by default) is most of the gap between one task and the next.
                 "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # A task parses its DAG file on start, importing pandas, scikit-learn and MLflow on the way: on a
+                # busy laptop that exceeds the 30 s default and the task is rescheduled again and again.
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "180",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "240",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "airflow"),
                 "AIRFLOW_CONN_SMTP_DEFAULT": (
                     f"smtp://127.0.0.1:{self.ports.smtp}?disable_ssl=true&disable_tls=true&timeout=10&retry_limit=2"
                 ),
                 "ML_PIPELINE_SCHEDULE": "none",
+                "MODEL_MONITORING_SCHEDULE": "none",  # the demo triggers it once its traffic is in
                 "MLFLOW_TRACKING_URI": self.pipeline_variables()["mlflow_tracking_uri"],
                 # MLflow's telemetry thread cannot reach the internet and races HTTP requests over os.environ.
                 "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -400,6 +411,8 @@ class LocalStack:
         """A model server on ``port`` for a registered model (default: the pipeline's default model) and alias;
         returns its URL once it answers. Several can run side by side, one per registered model."""
         env = {**self.env(), "MLPIPELINE_POLL_SECONDS": "5"}
+        # The same log the Airflow side reads as the prediction_log_url Variable (overridable like the others).
+        env["MLPIPELINE_PREDICTION_LOG_URL"] = self.pipeline_variables()["prediction_log_url"]
         if model_name:
             env["MLPIPELINE_MODEL_NAME"] = model_name
         if alias:
@@ -407,7 +420,7 @@ class LocalStack:
         url = f"http://127.0.0.1:{port}"
         self._spawn(
             name or f"serving-{model_name}", [sys.executable, "-m", "mlpipeline.serving", "--port", str(port)], env
-        ).wait_until(http_ok(f"{url}/health", accept=(200, 503)), 90, "health check")
+        ).wait_until(http_ok(f"{url}/health", accept=(200, 503)), 240, "health check")
         return url
 
     def start_airflow(self) -> None:
@@ -478,3 +491,7 @@ class AirflowClient:
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def runs(self, dag_id: str) -> list[dict]:
+        """The DAG's newest runs, newest first: ``dag_run_id``, ``state``, ``run_type`` (``asset_triggered``, ...)."""
+        return list(self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=20")["dag_runs"])
