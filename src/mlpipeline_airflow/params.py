@@ -23,6 +23,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 # JSON-schema keywords a form field keeps (the rest — titles, $refs, pydantic's defaults — is ours to set).
 _KEPT = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxItems", "minItems")
 
+# How the trigger form shows the empty choice of a list of choices (the run takes the Variable's value).
+EMPTY_CHOICE = "(the Variable's value)"
+
 
 def _field_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """One field's JSON schema as a nullable form field: ``anyOf [X, null]`` flattened, enums keep ``None``."""
@@ -34,6 +37,8 @@ def _field_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     out["type"] = ["null", *([kinds] if isinstance(kinds, str) else kinds)]
     if "enum" in field:
         out["enum"] = [None, *field["enum"]]
+        # The form labels a choice by values_display[String(value)]: without this the empty choice reads "null".
+        out["values_display"] = {"null": EMPTY_CHOICE}
     if "$ref" in field or kinds == "array":
         out["type"] = ["null", "array" if kinds == "array" else "object"]
     return out

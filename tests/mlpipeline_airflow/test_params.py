@@ -17,6 +17,8 @@ def test_the_form_has_a_field_for_each_setting_a_run_may_change() -> None:
     assert set(params) == RUN_OVERRIDABLE_FIELDS - set(THRESHOLD_ALIASES)
     assert all(isinstance(p, Param) and p.value is None and p.description for p in params.values())
     assert params["validation_metric"].schema["enum"][:3] == [None, "accuracy", "balanced_accuracy"]
+    # The UI labels the empty choice by values_display["null"] (else it reads "null").
+    assert params["validation_metric"].schema["values_display"] == {"null": "(the Variable's value)"}
     assert params["test_size"].schema["exclusiveMaximum"] == 1
 
 
