@@ -90,14 +90,8 @@ def _run_task(
     function: Callable[[], dict[str, Any]] = dag.get_task("apply_retention").python_callable
     context = {"ti": ti, "params": {"dry_run": dry_run}}
     monkeypatch.setitem(function.__globals__, "get_current_context", lambda: context)
-    monkeypatch.setitem(
-        function.__globals__, "Variable", type("Variables", (), {"get": staticmethod(_lookup(variables))})
-    )
+    monkeypatch.setitem(function.__globals__, "optional_variable", variables.get)
     return function()
-
-
-def _lookup(variables: dict[str, str]) -> Callable[..., str | None]:
-    return lambda name, default=None: variables.get(name, default)
 
 
 def test_the_task_applies_retention_from_variables_and_spares_active_runs(
