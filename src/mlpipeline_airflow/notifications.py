@@ -16,6 +16,11 @@ from mlpipeline.stages.notify import Email, mime_message, run_links, with_links
 
 log = logging.getLogger(__name__)
 
+# CRLF line ends (smtplib sends bytes as they are), and headers folded only past RFC 5322's hard limit: Python folds
+# a long subject *before its first word* ("Subject:\r\n [ml_pipeline] ..."), which readers show with a leading space.
+# The bodies were encoded when the message was built (quoted-printable, 76-character lines), so only headers change.
+WIRE_POLICY = SMTP_POLICY.clone(max_line_length=998)
+
 # Read once per process: the connection (host, port, TLS, retries) is configured in Airflow, not here.
 SMTP_CONN_ID = os.environ.get("ML_PIPELINE_SMTP_CONN_ID", "smtp_default")
 
@@ -46,8 +51,7 @@ def _send_mime(smtp: SmtpHook, config: PipelineConfig, email: Email) -> None:
         raise RuntimeError(f"the SMTP hook of connection {SMTP_CONN_ID!r} has no connected client")
     for attempt in range(smtp.smtp_retry_limit + 1):  # as the hook's own send_email_smtp retries
         try:
-            # CRLF line ends (policy.SMTP): smtplib sends bytes as they are.
-            client.sendmail(config.email_from, recipients, message.as_bytes(policy=SMTP_POLICY))
+            client.sendmail(config.email_from, recipients, message.as_bytes(policy=WIRE_POLICY))
             return
         except smtplib.SMTPException:
             if attempt == smtp.smtp_retry_limit:

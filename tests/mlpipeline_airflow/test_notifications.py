@@ -80,10 +80,13 @@ def test_a_report_that_cannot_be_built_does_not_stop_the_email(
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the data directory should be")
     config = config.model_copy(update={"data_dir": str(blocked)})
-    email = Email(subject="[ml_pipeline] deployed", html="<h2>New champion</h2>")
+    email = Email(  # long enough that Python's default policy folds it before its first word
+        subject="[ml_pipeline] deployed penguins_classifier v1: accuracy 1.0000 >= 0.7500", html="<h2>New champion</h2>"
+    )
     send_run_email(config, email, dag_id="ml_pipeline", airflow_run_id="manual__1", run="r1", mlflow_run_id=run_id)
 
     [message] = mail.messages()
+    assert message["Subject"] == email.subject  # no leading space from a fold
     html = message.get_body(("html",)).get_content()
     assert "<h2>New champion</h2>" in html
     assert "Not available: the report could not be built: NotADirectoryError" in html
