@@ -129,7 +129,7 @@ def test_the_ui_links_each_task_to_its_mlflow_run_and_the_report(
         assert _links(api, run_id, "train_model", index) == {"MLflow run": run_page(trained["mlflow_run_id"])}
 
     chosen = _returned(airflow_stack, run_id, "validate_model")["train"]["mlflow_run_id"]
-    report = f"{run_page(chosen)}/artifacts/{REPORT_ARTIFACT}"
+    report = f"{run_page(chosen).removesuffix('?workflowType=machine_learning')}/artifacts/{REPORT_ARTIFACT}"
     assert _links(api, run_id, "validate_model") == {"MLflow run": run_page(chosen), "Report": report}
     assert _links(api, run_id, "deploy_model") == {"MLflow run": run_page(chosen)}
     # After the email the report is either on the chosen run in MLflow, linked, or not there and not linked.
