@@ -276,28 +276,16 @@ def train(
     pipeline = _fit(config, candidate, split)
     metrics = evaluate(pipeline, split.x_test, split.y_test, split.task)
     classes = json_classes(pipeline)
-    tags = {
-        "data_sha256": data_sha256,
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "pipeline_run": run,
-        "airflow_run_id": pipeline_run_id or run,
-        "processed_data_path": processed_data_path,
-        "model_type": candidate.ml_model_type,
-        "candidate": candidate.name,
-        "task": split.task,
-        **_classes_tag(classes),
-        **_positive_label_tag(split.task, config.dataset_schema.positive_label),
-        **airflow_tags(config, origin),
-    }
-    tags |= description_tag(
-        description(
-            candidate,
-            task=split.task,
-            run=run,
-            origin=origin,
-            airflow_url=tags.get("airflow.run_url"),
-            scores=_scores_text(metrics, config.validation_metric),
-        )
+    tags = _run_tags(
+        config,
+        candidate,
+        run=run,
+        split=split,
+        metrics=metrics,
+        classes=classes,
+        origin=origin,
+        data_sha256=data_sha256,
+        processed_data_path=processed_data_path,
     )
     with atomic_directory(out_dir) as tmp:
         _write_holdout(tmp, config.dataset_schema, split, metrics)
@@ -324,6 +312,45 @@ def train(
         )
         (tmp / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def _run_tags(
+    config: PipelineConfig,
+    candidate: Candidate,
+    *,
+    run: str,
+    split: _Split,
+    metrics: dict[str, Any],
+    classes: list[Any],
+    origin: AirflowOrigin,
+    data_sha256: str,
+    processed_data_path: str,
+) -> dict[str, str]:
+    """The MLflow run's tags: what it was trained on and by, its task and classes, the Airflow task instance (with
+    a link back) and a description a reviewer reads first."""
+    tags = {
+        "data_sha256": data_sha256,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pipeline_run": run,
+        "airflow_run_id": origin.run_id or run,
+        "processed_data_path": processed_data_path,
+        "model_type": candidate.ml_model_type,
+        "candidate": candidate.name,
+        "task": split.task,
+        **_classes_tag(classes),
+        **_positive_label_tag(split.task, config.dataset_schema.positive_label),
+        **airflow_tags(config, origin),
+    }
+    return tags | description_tag(
+        description(
+            candidate,
+            task=split.task,
+            run=run,
+            origin=origin,
+            airflow_url=tags.get("airflow.run_url"),
+            scores=_scores_text(metrics, config.validation_metric),
+        )
+    )
 
 
 def _chosen(config: PipelineConfig, candidate: Candidate | None) -> Candidate:
