@@ -302,13 +302,7 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
     if _check_unmoved(client, config, version, previous_version):
         _record_intent(client, config, run, version, previous_version)
 
-    # The offline model the endpoint must agree with, verified and loaded before the alias moves: a refused model
-    # (IntegrityError: unsafe format, tampered files) fails the deploy at once, with nothing changed.
-    try:
-        offline = load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
-    except IntegrityError as exc:
-        _tag(client, config, version, {DEPLOY_STATUS_TAG: "rejected", DEPLOY_NOTE_TAG: f"refused: {exc}"[:500]})
-        raise
+    offline = _load_offline(client, config, version)
     # The version's own reference (training profile, holdout predictions, validation score) is bound before it can
     # become champion: live monitoring of a champion always finds what to compare its traffic with.
     reference_uri = bind_reference(
@@ -337,10 +331,6 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
     note = f"live since {deployed_at}, replacing {previous_version or 'no champion'}"
     _tag(client, config, version, {DEPLOYED_AT_TAG: deployed_at, DEPLOY_STATUS_TAG: "deployed", DEPLOY_NOTE_TAG: note})
     record = DataLayout.of(config.data_dir).run_records(run) / RECORD_FILE
-    reference = None
-    if previous_version:
-        previous_run = client.get_model_version(config.registered_model_name, previous_version).run_id
-        reference = client.get_run(previous_run).data.tags.get("processed_data_path") if previous_run else None
     result = DeployResult(
         model_name=config.registered_model_name,
         version=version,
@@ -351,11 +341,29 @@ def deploy(config: PipelineConfig, *, run: str, candidate: TrainResult, decision
         max_probability_difference=difference,
         deployed_at=deployed_at,
         record_path=str(record),
-        reference_data_path=reference,
+        reference_data_path=_training_data_of(client, config, previous_version),
         reference_profile_uri=reference_uri,
     )
     atomic_write_json(record, result.to_dict())
     return result
+
+
+def _load_offline(client: MlflowClient, config: PipelineConfig, version: str) -> Any:
+    """The offline model the endpoint must agree with, verified and loaded before the alias moves: a refused model
+    (IntegrityError: unsafe format, tampered files) fails the deploy at once, with nothing changed."""
+    try:
+        return load_sklearn_model(f"models:/{config.registered_model_name}/{version}")
+    except IntegrityError as exc:
+        _tag(client, config, version, {DEPLOY_STATUS_TAG: "rejected", DEPLOY_NOTE_TAG: f"refused: {exc}"[:500]})
+        raise
+
+
+def _training_data_of(client: MlflowClient, config: PipelineConfig, version: str | None) -> str | None:
+    """The processed data ``version`` was trained on (the post-deploy drift check's reference), if known."""
+    if not version:
+        return None
+    run_id = client.get_model_version(config.registered_model_name, version).run_id
+    return client.get_run(run_id).data.tags.get("processed_data_path") if run_id else None
 
 
 def _roll_back(
