@@ -76,6 +76,8 @@ def test_demo_deploys_then_skips_unchanged_data_then_compares_with_the_champion(
     assert _line(out, "  emails (.eml)     :") == str(tmp_path / "demo" / "mail")
     assert list((tmp_path / "demo" / "mail").glob("*.eml"))
     assert list((tmp_path / "data" / "monitoring").glob("manual__*.json"))
+    # The degraded verdict's retrain request (an asset event) made the scheduler start an ml_pipeline run.
+    assert _line(out, "  retrain requested :").startswith("ml_pipeline run asset_triggered__")
 
     second = _demo(tmp_path, ports)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
