@@ -17,6 +17,11 @@ databases and cheap to window on.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Column,
@@ -30,6 +35,7 @@ from sqlalchemy import (
     create_engine,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
@@ -137,6 +143,57 @@ def insert_new(connection: Connection, table: Table, rows: list[dict]) -> None:
     if rows:
         keys = [column.name for column in table.primary_key.columns]
         connection.execute(_dialect_insert(connection, table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def copy_new(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """:func:`insert_new` for PostgreSQL through ``COPY``: the rows stream into a temporary table, then one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves them. Same result, a fraction of the client's CPU
+    (no per-row statement rendering): the model server's writer thread holds the GIL that long less."""
+    if not rows:
+        return
+    names = [column.name for column in table.columns]
+    staged = f"staged_{table.name}"
+    keys = ", ".join(column.name for column in table.primary_key.columns)
+    listed = ", ".join(f'"{name}"' for name in names)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staged} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        json_columns = {column.name for column in table.columns if isinstance(column.type, JSON)}
+        buffer = io.StringIO("".join(_copy_line(row, names, json_columns) for row in rows))
+        cursor.copy_expert(f"COPY {staged} ({listed}) FROM STDIN", buffer)
+        cursor.execute(
+            f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {staged} ON CONFLICT ({keys}) DO NOTHING"
+        )
+    except connection.dialect.dbapi.Error as exc:
+        # The driver's own error, as SQLAlchemy would have raised it (callers retry on SQLAlchemyError); a lost
+        # connection is invalidated so the pool does not hand it out again.
+        if connection.dialect.is_disconnect(exc, connection.connection, cursor):
+            connection.invalidate(exc)
+        raise DBAPIError.instance(f"COPY {table.name}", None, exc, connection.dialect.dbapi.Error) from exc
+    finally:
+        with contextlib.suppress(connection.dialect.dbapi.Error):  # a connection already gone closes its cursors
+            cursor.close()
+
+
+def _copy_line(row: dict[str, Any], names: list[str], json_columns: set[str]) -> str:
+    """One row in COPY's text format: tab-separated, ``\\N`` for NULL, backslash, tab and line breaks escaped.
+    (JSON text has no raw tab or line break: ``json.dumps`` escapes them, leaving only its backslashes to double.)"""
+    fields = []
+    for name in names:
+        value = row.get(name)
+        if name in json_columns:
+            fields.append(json.dumps(value).replace("\\", "\\\\"))  # None is JSON null, as SQLAlchemy writes it
+        elif value is None:
+            fields.append("\\N")
+        else:
+            fields.append(_escape_copy_text(str(value)))
+    return "\t".join(fields) + "\n"
+
+
+def _escape_copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def upsert(connection: Connection, table: Table, rows: list[dict]) -> None:

@@ -3,8 +3,8 @@ request path.
 
 A request handler only appends one record to a bounded in-memory queue (:meth:`PredictionLog.submit`, a few
 microseconds, never a database call). One background thread drains it in batches (up to ``batch_records`` requests,
-or whatever is queued every ``flush_seconds``), one transaction per batch with executemany inserts into
-``prediction_requests`` and ``predictions`` (:mod:`mlpipeline.prediction_store`). The queue is bounded in predicted
+or whatever is queued every ``flush_seconds``), one transaction per batch into ``prediction_requests`` and
+``predictions`` (:mod:`mlpipeline.prediction_store`; ``COPY`` on PostgreSQL). The queue is bounded in predicted
 rows (``capacity``; a refused request weighs one): when it is full a new record is dropped and counted, so a
 database that is down or slow costs log records, never memory or request latency. A failed batch is retried with
 backoff (the tables re-created first, in case the database was re-created), then dropped and counted. The tables are
@@ -29,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from mlpipeline.prediction_store import (
+    copy_new,
     create_tables,
     engine_for,
     insert_new,
@@ -261,8 +262,11 @@ class PredictionLog:
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-            insert_new(connection, prediction_requests, request_rows)
-            insert_new(connection, predictions, prediction_rows)
+                copy_new(connection, prediction_requests, request_rows)
+                copy_new(connection, predictions, prediction_rows)
+            else:
+                insert_new(connection, prediction_requests, request_rows)
+                insert_new(connection, predictions, prediction_rows)
 
 
 def _request_row(record: LoggedRequest) -> dict[str, Any]:
