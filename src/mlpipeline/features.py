@@ -3,12 +3,15 @@
 The model embeds :class:`DateParts`, so the endpoint accepts the raw declared columns and derives the same
 features the ETL wrote; the two can never disagree. Every logged model carries a copy of this file as
 ``mlpipeline/features.py`` (``registry.model_code_paths``), so it imports nothing from mlpipeline, and
-``mlpipeline.features.DateParts`` keeps its name: registered models (skops files) refer to it, and it is one of
-the reviewed types models may contain (``integrity.TRUSTED_TYPES``).
+``mlpipeline.features.DateParts`` and ``mlpipeline.features.CategoryOneHot`` keep their names: registered models
+(skops files) refer to them, and they are reviewed types models may contain (``integrity.TRUSTED_TYPES``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
@@ -19,17 +22,36 @@ def date_part_columns(date_column: str) -> list[str]:
     return [f"{date_column}_{part}" for part in DATE_PARTS]
 
 
+def date_parts(values: np.ndarray) -> list[np.ndarray]:
+    """year, month, dayofweek, dayofyear of a datetime64 array as float64 (NaN for NaT): pandas' ``.dt`` parts,
+    computed on the integer day numbers instead of one calendar conversion per element."""
+    days = values.astype("datetime64[D]")  # floors, as the calendar date of a time before 1970 needs
+    missing = np.isnat(days)
+    days = np.where(missing, np.datetime64(0, "D"), days)
+    years = days.astype("datetime64[Y]")
+    year = years.astype(np.int64) + 1970
+    month = days.astype("datetime64[M]").astype(np.int64) - (year - 1970) * 12 + 1
+    dayofweek = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    dayofyear = (days - years).astype(np.int64) + 1
+    parts = [part.astype(np.float64) for part in (year, month, dayofweek, dayofyear)]
+    for part in parts:
+        part[missing] = np.nan
+    return parts
+
+
 def add_date_parts(frame: pd.DataFrame, date_columns: list[str], *, drop: bool = False) -> pd.DataFrame:
     """Return ``frame`` with ``<col>_year/_month/_dayofweek/_dayofyear`` for each date column."""
-    out = frame.copy()
+    parts: dict[str, Any] = {}
     for column in date_columns:
-        values = pd.to_datetime(out[column], errors="coerce")
-        for part in DATE_PARTS:
-            # Float keeps missing dates as NaN for the imputer rather than failing.
-            out[f"{column}_{part}"] = getattr(values.dt, part).astype("float64")
-        if drop:
-            out = out.drop(columns=column)
-    return out
+        values = pd.to_datetime(frame[column], errors="coerce")
+        if isinstance(values.dtype, np.dtype):  # naive datetime64 of any unit: the vectorised calendar
+            derived = date_parts(values.to_numpy())
+        else:  # time-zone aware: the parts of the local time, as pandas derives them
+            derived = [getattr(values.dt, part).to_numpy(dtype="float64", na_value=np.nan) for part in DATE_PARTS]
+        # Float keeps missing dates as NaN for the imputer rather than failing.
+        parts.update(zip(date_part_columns(column), derived, strict=True))
+    kept = frame.drop(columns=date_columns) if drop else frame
+    return kept.assign(**parts)
 
 
 class DateParts(BaseEstimator, TransformerMixin):
@@ -50,3 +72,77 @@ class DateParts(BaseEstimator, TransformerMixin):
         for column in self.date_columns or []:
             names.extend(date_part_columns(column))
         return names
+
+
+class CategoryOneHot(BaseEstimator, TransformerMixin):
+    """sklearn step for text categories: a missing value becomes its column's most frequent training category
+    (ties: the first in sorted order), then a dense float64 one-hot over the sorted training categories, where an
+    unseen category is all zeros. What ``SimpleImputer(strategy="most_frequent")`` + ``OneHotEncoder(
+    handle_unknown="ignore", sparse_output=False)`` compute, on integer codes from pandas' hash tables instead of
+    object-dtype Python loops (a Counter per column, a dict look-up per value)."""
+
+    def fit(self, X: pd.DataFrame | np.ndarray, y: object = None) -> CategoryOneHot:
+        self._fit_codes(_frame(X))
+        return self
+
+    def fit_transform(self, X: pd.DataFrame | np.ndarray, y: object = None, **fit_params: Any) -> np.ndarray:
+        # The codes fitting finds are the transform's: one hash pass per column instead of two.
+        return self._one_hot(self._fit_codes(_frame(X)))
+
+    def transform(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self._one_hot(self.codes(X))
+
+    def codes(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(rows, columns) integer codes into ``categories_``: missing values imputed, unseen categories -1."""
+        frame = _frame(X)
+        codes = np.empty(frame.shape, dtype=np.int64)
+        for index, column in enumerate(frame.columns):
+            values = frame[column]
+            categories = self.categories_[index]
+            # NaN is one more "category" of the hash table; None, pd.NA, NaT are found among the rest (rare).
+            found = pd.Index([*categories, np.nan], dtype=object).get_indexer(values)
+            missing = found == len(categories)
+            unknown = np.flatnonzero(found < 0)
+            missing[unknown[values.iloc[unknown].isna().to_numpy()]] = True
+            found[missing] = self.fill_codes_[index]
+            codes[:, index] = found
+        return codes
+
+    def _fit_codes(self, frame: pd.DataFrame) -> np.ndarray:
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.categories_: list[np.ndarray] = []
+        fill_codes = []
+        codes = np.empty(frame.shape, dtype=np.int64)
+        for index, column in enumerate(frame.columns):
+            found, uniques = pd.factorize(frame[column], sort=True)  # missing values: -1
+            counts = np.bincount(found[found >= 0], minlength=len(uniques))
+            self.categories_.append(np.asarray(uniques, dtype=object))
+            fill_codes.append(int(np.argmax(counts)) if len(uniques) else -1)  # argmax: the first of the most
+            found[found < 0] = fill_codes[-1]
+            codes[:, index] = found
+        # Per column, the code a missing value gets (-1: the column had no value at all, so all zeros).
+        self.fill_codes_ = np.asarray(fill_codes, dtype=np.int64)
+        return codes
+
+    def _one_hot(self, codes: np.ndarray) -> np.ndarray:
+        offsets = np.cumsum([0] + [len(categories) for categories in self.categories_])
+        out = np.zeros((codes.shape[0], offsets[-1]), dtype=np.float64)
+        # At most one 1 per row and column, at the flat position row * width + offset + code.
+        flat = codes + offsets[:-1] + (np.arange(codes.shape[0]) * offsets[-1])[:, None]
+        out.reshape(-1)[flat[codes >= 0]] = 1.0
+        return out
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        return np.asarray(
+            [
+                f"{column}_{category}"
+                for column, categories in zip(self.feature_names_in_, self.categories_, strict=True)
+                for category in categories
+            ],
+            dtype=object,
+        )
+
+
+def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))

@@ -37,6 +37,9 @@ _SIGNED_PREFIX = b"mlpipeline-model-v1\n"
 TRUSTED_TYPES: tuple[str, ...] = (
     # Our date step (mlpipeline.features, shipped with every model): a list of column names as its only state.
     "mlpipeline.features.DateParts",
+    # Our categorical step (same file): column names, the sorted training categories (object arrays of text) and
+    # one integer code per column; its transform is hash look-ups and an indicator matrix.
+    "mlpipeline.features.CategoryOneHot",
     # HistGradientBoosting's fitted trees: numpy node arrays in a plain scikit-learn class.
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # RandomForest's fitted trees: scikit-learn's Cython tree, rebuilt from its node arrays.

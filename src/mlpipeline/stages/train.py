@@ -31,10 +31,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
-from mlpipeline.features import DateParts, date_part_columns
+from mlpipeline.features import CategoryOneHot, DateParts, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.stages.evaluation import evaluate, json_classes
@@ -183,16 +183,9 @@ def build_pipeline(
     preprocess = ColumnTransformer(
         [
             ("numeric", Pipeline(numeric_steps), numeric),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                    ]
-                ),
-                categorical,
-            ),
+            # Most-frequent imputation and one-hot in one step on integer codes (features.CategoryOneHot): the
+            # same matrix as SimpleImputer + OneHotEncoder, without their object-dtype Python loops.
+            ("categorical", CategoryOneHot(), categorical),
         ],
         remainder="drop",
     )
