@@ -43,7 +43,10 @@ def add_date_parts(frame: pd.DataFrame, date_columns: list[str], *, drop: bool =
     """Return ``frame`` with ``<col>_year/_month/_dayofweek/_dayofyear`` for each date column."""
     parts: dict[str, Any] = {}
     for column in date_columns:
-        values = pd.to_datetime(frame[column], errors="coerce")
+        values = frame[column]
+        if not pd.api.types.is_datetime64_any_dtype(values):
+            # Only when needed: even on datetimes, to_datetime makes ~10,000 Timestamps to decide about a cache.
+            values = pd.to_datetime(values, errors="coerce")
         if isinstance(values.dtype, np.dtype):  # naive datetime64 of any unit: the vectorised calendar
             derived = date_parts(values.to_numpy())
         else:  # time-zone aware: the parts of the local time, as pandas derives them
