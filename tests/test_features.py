@@ -10,7 +10,14 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, add_date_parts, date_part_columns
+from mlpipeline.features import (
+    DATE_PARTS,
+    CategoryOneHot,
+    DateParts,
+    MedianImputer,
+    add_date_parts,
+    date_part_columns,
+)
 
 
 def _text_frame(rows: int, seed: int) -> pd.DataFrame:
@@ -89,3 +96,27 @@ def test_date_parts_of_text_and_zoned_times_are_pandas_ones() -> None:
         assert list(derived.columns) == ["d", *date_part_columns("d")]
         for name, expected in _pandas_parts(frame, "d").items():
             assert np.array_equal(derived[name].to_numpy(), expected, equal_nan=True), name
+
+
+@pytest.mark.filterwarnings("ignore:Skipping features without any observed values")  # the reference's transform
+def test_median_imputer_is_sklearns_median_imputer() -> None:
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(2_001, 4)), columns=["a", "b", "c", "d"])
+    frame = frame.mask(rng.random(frame.shape) < 0.2)  # odd and even counts of present values
+    frame["c"] = np.nan  # no value at all: dropped, as SimpleImputer drops it
+    frame["d"] = frame["d"].round()  # ties
+    before = frame.copy()
+    reference = SimpleImputer(strategy="median")
+    with pytest.warns(UserWarning, match="Skipping features without any observed values"):
+        expected = reference.fit_transform(frame)
+    ours = MedianImputer()
+    matrix = ours.fit_transform(frame)
+    assert matrix.dtype == np.float64 and np.array_equal(matrix, expected)
+    assert np.array_equal(ours.statistics_, reference.statistics_, equal_nan=True)
+    assert list(ours.get_feature_names_out()) == list(reference.get_feature_names_out())
+    holed = frame.head(50).mask(rng.random((50, 4)) < 0.5)
+    assert np.array_equal(ours.transform(holed), reference.transform(holed))
+    assert np.array_equal(ours.transform(holed.to_numpy()), ours.transform(holed))
+    pd.testing.assert_frame_equal(frame, before)  # filled in a new matrix, never in the caller's frame
+    with pytest.raises(ValueError, match="infinity"):
+        ours.transform(frame.head(3).assign(a=np.inf))

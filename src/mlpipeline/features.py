@@ -24,15 +24,25 @@ def date_part_columns(date_column: str) -> list[str]:
 
 def date_parts(values: np.ndarray) -> list[np.ndarray]:
     """year, month, dayofweek, dayofyear of a datetime64 array as float64 (NaN for NaT): pandas' ``.dt`` parts,
-    computed on the integer day numbers instead of one calendar conversion per element."""
+    computed with integer arithmetic on the day numbers (the proleptic Gregorian calendar, as pandas and numpy
+    use it) instead of calendar conversions per element."""
     days = values.astype("datetime64[D]")  # floors, as the calendar date of a time before 1970 needs
     missing = np.isnat(days)
-    days = np.where(missing, np.datetime64(0, "D"), days)
-    years = days.astype("datetime64[Y]")
-    year = years.astype(np.int64) + 1970
-    month = days.astype("datetime64[M]").astype(np.int64) - (year - 1970) * 12 + 1
-    dayofweek = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    dayofyear = (days - years).astype(np.int64) + 1
+    day = np.where(missing, 0, days.view(np.int64))
+    # Howard Hinnant's civil_from_days: 400-year eras of 146,097 days, years counted from March 1 so that the
+    # leap day is the last day of a year.
+    era = (day + 719_468) // 146_097
+    day_of_era = day + 719_468 - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_from_march = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_from_march = (5 * day_from_march + 2) // 153
+    january_or_february = month_from_march >= 10
+    month = np.where(january_or_february, month_from_march - 9, month_from_march + 3)
+    year = year_of_era + era * 400 + january_or_february
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    # March 1 is day 60 (61 in a leap year) of its calendar year; January 1 is day 306 from March.
+    dayofyear = np.where(january_or_february, day_from_march - 305, day_from_march + 60 + leap)
+    dayofweek = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
     parts = [part.astype(np.float64) for part in (year, month, dayofweek, dayofyear)]
     for part in parts:
         part[missing] = np.nan
@@ -75,6 +85,52 @@ class DateParts(BaseEstimator, TransformerMixin):
         for column in self.date_columns or []:
             names.extend(date_part_columns(column))
         return names
+
+
+class MedianImputer(BaseEstimator, TransformerMixin):
+    """sklearn step for numbers: a missing value (NaN) becomes its column's training median, and a column without
+    any value at fit time is dropped. What ``SimpleImputer(strategy="median")`` computes (the median of each
+    column's present values, as ``SimpleImputer(strategy=np.median)`` takes it), with one conversion to a float
+    matrix per call instead of two input checks and a masked-array pass per fit_transform."""
+
+    def fit(self, X: pd.DataFrame | np.ndarray, y: object = None) -> MedianImputer:
+        self._fit(X, _float_matrix(X))
+        return self
+
+    def fit_transform(self, X: pd.DataFrame | np.ndarray, y: object = None, **fit_params: Any) -> np.ndarray:
+        matrix = _float_matrix(X)
+        self._fit(X, matrix)
+        return self._fill(matrix)
+
+    def transform(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self._fill(_float_matrix(X))
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        return self.feature_names_in_[~np.isnan(self.statistics_)]
+
+    def _fit(self, X: pd.DataFrame | np.ndarray, matrix: np.ndarray) -> None:
+        names = X.columns if isinstance(X, pd.DataFrame) else [f"x{index}" for index in range(matrix.shape[1])]
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.n_features_in_ = matrix.shape[1]
+        statistics = np.full(matrix.shape[1], np.nan)
+        for index in range(matrix.shape[1]):
+            column = matrix[:, index]
+            present = column[~np.isnan(column)]
+            if len(present):
+                statistics[index] = np.median(present)
+        self.statistics_ = statistics
+
+    def _fill(self, matrix: np.ndarray) -> np.ndarray:
+        filled = np.where(np.isnan(matrix), self.statistics_, matrix)  # a new array: the input stays as it was
+        empty = np.isnan(self.statistics_)
+        return filled[:, ~empty] if empty.any() else filled
+
+
+def _float_matrix(X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    matrix = X.to_numpy(dtype=np.float64) if isinstance(X, pd.DataFrame) else np.asarray(X, dtype=np.float64)
+    if np.isinf(matrix).any():  # as scikit-learn's imputers: only NaN is a missing value
+        raise ValueError("Input contains infinity or a value too large for dtype('float64').")
+    return matrix
 
 
 class CategoryOneHot(BaseEstimator, TransformerMixin):

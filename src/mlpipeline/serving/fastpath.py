@@ -6,8 +6,8 @@ pipeline shape the train stage ships, the same computation is done here on the v
 from step types and settings it reproduces exactly, and only used after it has matched the sklearn path bit for bit
 on the model's input example (plus missing-value and unseen-category variants) at load time.
 
-Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), CategoryOneHot (the
-train stage's categorical step; older models have the imputer and encoder instead), StandardScaler, and
+Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), MedianImputer and
+CategoryOneHot (the train stage's own steps; older models have SimpleImputer and OneHotEncoder), StandardScaler, and
 any final estimator on the numpy features; HistGradientBoosting classifiers (binary and multiclass) and regressors
 with numeric splits are traversed in numpy (sklearn's per-tree Python calls dominate their small-request cost).
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, date_parts
+from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, MedianImputer, date_parts
 from mlpipeline.serving.schema import InputSchema
 
 if TYPE_CHECKING:
@@ -68,6 +68,17 @@ def _compile_imputer(step: Any) -> ColumnStep:
         rows, columns = np.nonzero(missing)
         block[rows, columns] = statistics[columns]
         return block
+
+    return impute
+
+
+def _compile_median_imputer(step: Any) -> ColumnStep:
+    statistics = np.asarray(step.statistics_, dtype=np.float64)
+    if len(statistics) != step.n_features_in_ or np.isnan(statistics).any():
+        raise NotCompilable("MedianImputer dropped an all-missing column at fit time")
+
+    def impute(block: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(block), statistics, block)
 
     return impute
 
@@ -146,6 +157,7 @@ def _compile_step(step: Any) -> ColumnStep:
         OneHotEncoder: _compile_one_hot,
         StandardScaler: _compile_scaler,
         CategoryOneHot: _compile_category_one_hot,
+        MedianImputer: _compile_median_imputer,
     }
     compiler = compilers.get(type(step))  # exact types: a subclass may transform differently
     if compiler is None:
