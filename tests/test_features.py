@@ -86,6 +86,12 @@ def test_date_parts_are_pandas_calendar_parts_for_every_unit(unit: str) -> None:
     for name, expected in {**_pandas_parts(frame, "signup"), **_pandas_parts(frame, "other")}.items():
         assert derived[name].dtype == np.float64
         assert np.array_equal(derived[name].to_numpy(), expected, equal_nan=True), name
+    # Short inputs (a request's rows) take numpy's calendar conversions instead of the arithmetic: same parts.
+    for start in range(0, len(frame), 97):
+        chunk = frame.iloc[start : start + 3]
+        short = DateParts(["signup"]).fit(chunk).transform(chunk)
+        for name, expected in _pandas_parts(chunk, "signup").items():
+            assert np.array_equal(short[name].to_numpy(), expected, equal_nan=True), name
 
 
 def test_date_parts_of_text_and_zoned_times_are_pandas_ones() -> None:

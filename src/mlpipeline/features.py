@@ -22,13 +22,37 @@ def date_part_columns(date_column: str) -> list[str]:
     return [f"{date_column}_{part}" for part in DATE_PARTS]
 
 
+# Below this many values numpy's own calendar conversions are faster (fewer calls: the serving fast path's one
+# row); above it, integer arithmetic on the day numbers is (the train stage's whole columns).
+_CALENDAR_CONVERSION_MAX = 512
+
+
 def date_parts(values: np.ndarray) -> list[np.ndarray]:
-    """year, month, dayofweek, dayofyear of a datetime64 array as float64 (NaN for NaT): pandas' ``.dt`` parts,
-    computed with integer arithmetic on the day numbers (the proleptic Gregorian calendar, as pandas and numpy
-    use it) instead of calendar conversions per element."""
+    """year, month, dayofweek, dayofyear of a datetime64 array as float64 (NaN for NaT): pandas' ``.dt`` parts
+    (the proleptic Gregorian calendar), either way computed exactly."""
     days = values.astype("datetime64[D]")  # floors, as the calendar date of a time before 1970 needs
     missing = np.isnat(days)
-    day = np.where(missing, 0, days.view(np.int64))
+    days = np.where(missing, np.datetime64(0, "D"), days)
+    if days.size <= _CALENDAR_CONVERSION_MAX:
+        parts = _parts_by_conversion(days)
+    else:
+        parts = _parts_by_arithmetic(days.view(np.int64))
+    floats = [part.astype(np.float64) for part in parts]
+    for part in floats:
+        part[missing] = np.nan
+    return floats
+
+
+def _parts_by_conversion(days: np.ndarray) -> tuple[np.ndarray, ...]:
+    years = days.astype("datetime64[Y]")
+    year = years.astype(np.int64) + 1970
+    month = days.astype("datetime64[M]").astype(np.int64) - (year - 1970) * 12 + 1
+    dayofweek = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    dayofyear = (days - years).astype(np.int64) + 1
+    return year, month, dayofweek, dayofyear
+
+
+def _parts_by_arithmetic(day: np.ndarray) -> tuple[np.ndarray, ...]:
     # Howard Hinnant's civil_from_days: 400-year eras of 146,097 days, years counted from March 1 so that the
     # leap day is the last day of a year.
     era = (day + 719_468) // 146_097
@@ -43,10 +67,7 @@ def date_parts(values: np.ndarray) -> list[np.ndarray]:
     # March 1 is day 60 (61 in a leap year) of its calendar year; January 1 is day 306 from March.
     dayofyear = np.where(january_or_february, day_from_march - 305, day_from_march + 60 + leap)
     dayofweek = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    parts = [part.astype(np.float64) for part in (year, month, dayofweek, dayofyear)]
-    for part in parts:
-        part[missing] = np.nan
-    return parts
+    return year, month, dayofweek, dayofyear
 
 
 def add_date_parts(frame: pd.DataFrame, date_columns: list[str], *, drop: bool = False) -> pd.DataFrame:

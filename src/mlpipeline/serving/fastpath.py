@@ -78,7 +78,10 @@ def _compile_median_imputer(step: Any) -> ColumnStep:
         raise NotCompilable("MedianImputer dropped an all-missing column at fit time")
 
     def impute(block: np.ndarray) -> np.ndarray:
-        return np.where(np.isnan(block), statistics, block)
+        missing = np.isnan(block)
+        if not missing.any():  # the common request: nothing to fill, nothing to copy
+            return block
+        return np.where(missing, statistics, block)
 
     return impute
 
