@@ -2,9 +2,13 @@
 
 The model embeds :class:`DateParts`, so the endpoint accepts the raw declared columns and derives the same
 features the ETL wrote; the two can never disagree. Every logged model carries a copy of this file as
-``mlpipeline/features.py`` (``registry.model_code_paths``), so it imports nothing from mlpipeline, and
-``mlpipeline.features.DateParts`` and ``mlpipeline.features.CategoryOneHot`` keep their names: registered models
-(skops files) refer to them, and they are reviewed types models may contain (``integrity.TRUSTED_TYPES``).
+``mlpipeline/features.py`` (``registry.model_code_paths``), so it imports nothing from mlpipeline, and its steps
+(``DateParts``, ``MedianImputer``, ``CategoryOneHot``) keep their names: registered models (skops files) refer to
+them, and they are reviewed types models may contain (``integrity.TRUSTED_TYPES``).
+
+``MedianImputer`` and ``CategoryOneHot`` compute what scikit-learn's ``SimpleImputer`` and ``OneHotEncoder`` did in
+models trained before them (which keep loading and serving with those), vectorised: numpy and pandas' hash tables
+instead of object-dtype Python loops and masked arrays.
 """
 
 from __future__ import annotations
