@@ -10,13 +10,19 @@ import shutil
 from pathlib import Path
 
 import mlflow.sklearn
+import numpy as np
 import pandas as pd
 import pytest
 import skops.io
 import yaml
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from mlpipeline.config import default_schema
+from mlpipeline.features import DateParts, date_part_columns
 from mlpipeline.integrity import (
     DIGEST_TAG,
     SIGNATURE_TAG,
@@ -219,4 +225,40 @@ def test_the_trusted_types_are_exactly_the_reviewed_ones_each_model_type_needs(
         "hist_gradient_boosting": {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"},
         "logistic_regression": set(),
     }
-    assert set(untrusted) == {"mlpipeline.features.DateParts", "numpy.dtype", "numpy.median"} | specific[model_type]
+    ours = {"mlpipeline.features.DateParts", "mlpipeline.features.CategoryOneHot", "mlpipeline.features.MedianImputer"}
+    assert set(untrusted) == ours | specific[model_type]
+
+
+def _pipeline_of_earlier_versions() -> Pipeline:
+    """The train stage's pipeline before MedianImputer and CategoryOneHot: scikit-learn's imputers and encoder."""
+    schema = default_schema()
+    dates = schema.columns_of_type("date")
+    numeric = schema.columns_of_type("numeric", "integer", "boolean")
+    numeric += [name for column in dates for name in date_part_columns(column)]
+    categorical = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="most_frequent")),
+            ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]
+    )
+    scaled = Pipeline([("impute", SimpleImputer(strategy=np.median)), ("scale", StandardScaler())])
+    preprocess = ColumnTransformer(
+        [("numeric", scaled, numeric), ("categorical", categorical, schema.columns_of_type("categorical"))]
+    )
+    return Pipeline([("dates", DateParts(dates)), ("preprocess", preprocess), ("model", LogisticRegression())])
+
+
+def test_models_of_earlier_versions_still_load_with_the_trusted_types(
+    fitted_frame: tuple[pd.DataFrame, pd.Series],
+) -> None:
+    """Registered models saved before the train stage had its own steps keep loading (and predicting the same)."""
+    features, target = fitted_frame
+    earlier = _pipeline_of_earlier_versions().fit(features, target)
+    data = skops.io.dumps(earlier)
+    assert set(skops.io.get_untrusted_types(data=data)) == {
+        "mlpipeline.features.DateParts",
+        "numpy.dtype",
+        "numpy.median",
+    }
+    loaded = skops.io.loads(data, trusted=list(TRUSTED_TYPES))
+    assert np.array_equal(loaded.predict_proba(features), earlier.predict_proba(features))

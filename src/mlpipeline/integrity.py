@@ -37,13 +37,19 @@ _SIGNED_PREFIX = b"mlpipeline-model-v1\n"
 TRUSTED_TYPES: tuple[str, ...] = (
     # Our date step (mlpipeline.features, shipped with every model): a list of column names as its only state.
     "mlpipeline.features.DateParts",
+    # Our categorical step (same file): column names, the sorted training categories (object arrays of text) and
+    # one integer code per column; its transform is hash look-ups and an indicator matrix.
+    "mlpipeline.features.CategoryOneHot",
+    # Our numeric imputer (same file): column names and one float median per column.
+    "mlpipeline.features.MedianImputer",
     # HistGradientBoosting's fitted trees: numpy node arrays in a plain scikit-learn class.
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # RandomForest's fitted trees: scikit-learn's Cython tree, rebuilt from its node arrays.
     "sklearn.tree._tree.Tree",
     # dtype objects that encoders and imputers keep: a dtype, no behaviour.
     "numpy.dtype",
-    # The numeric imputer's strategy (SimpleImputer(strategy=np.median)): a reference to the function, not a call.
+    # The numeric imputer's strategy in models trained before MedianImputer (SimpleImputer(strategy=np.median)): a
+    # reference to the function, not a call. Kept so those registered models still load.
     "numpy.median",
 )
 SKOPS_FORMAT = "skops"

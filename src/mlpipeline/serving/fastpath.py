@@ -6,7 +6,8 @@ pipeline shape the train stage ships, the same computation is done here on the v
 from step types and settings it reproduces exactly, and only used after it has matched the sklearn path bit for bit
 on the model's input example (plus missing-value and unseen-category variants) at load time.
 
-Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), StandardScaler, and
+Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), MedianImputer and
+CategoryOneHot (the train stage's own steps; older models have SimpleImputer and OneHotEncoder), StandardScaler, and
 any final estimator on the numpy features; HistGradientBoosting classifiers (binary and multiclass) and regressors
 with numeric splits are traversed in numpy (sklearn's per-tree Python calls dominate their small-request cost).
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlpipeline.features import DATE_PARTS, DateParts
+from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, MedianImputer, date_parts
 from mlpipeline.serving.schema import InputSchema
 
 if TYPE_CHECKING:
@@ -42,22 +43,6 @@ ColumnStep = Callable[[np.ndarray], np.ndarray]
 
 class NotCompilable(ValueError):
     """The fitted pipeline has a step or setting the fast path does not reproduce exactly; the message says which."""
-
-
-def date_parts(values: np.ndarray) -> list[np.ndarray]:
-    """year, month, dayofweek, dayofyear as float64 (NaN for NaT): what DateParts derives through pandas."""
-    days = values.astype("datetime64[D]")
-    missing = np.isnat(days)
-    days = np.where(missing, np.datetime64(0, "D"), days)
-    years = days.astype("datetime64[Y]")
-    year = years.astype(np.int64) + 1970
-    month = days.astype("datetime64[M]").astype(np.int64) - (year - 1970) * 12 + 1
-    dayofweek = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    dayofyear = (days - years).astype(np.int64) + 1
-    parts = [part.astype(np.float64) for part in (year, month, dayofweek, dayofyear)]
-    for part in parts:
-        part[missing] = np.nan
-    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,6 +68,20 @@ def _compile_imputer(step: Any) -> ColumnStep:
         rows, columns = np.nonzero(missing)
         block[rows, columns] = statistics[columns]
         return block
+
+    return impute
+
+
+def _compile_median_imputer(step: Any) -> ColumnStep:
+    statistics = np.asarray(step.statistics_, dtype=np.float64)
+    if len(statistics) != step.n_features_in_ or np.isnan(statistics).any():
+        raise NotCompilable("MedianImputer dropped an all-missing column at fit time")
+
+    def impute(block: np.ndarray) -> np.ndarray:
+        missing = np.isnan(block)
+        if not missing.any():  # the common request: nothing to fill, nothing to copy
+            return block
+        return np.where(missing, statistics, block)
 
     return impute
 
@@ -118,6 +117,26 @@ def _compile_one_hot(step: Any) -> ColumnStep:
     return encode
 
 
+def _compile_category_one_hot(step: Any) -> ColumnStep:
+    if not all(isinstance(value, str) for categories in step.categories_ for value in categories):
+        raise NotCompilable("CategoryOneHot with non-text categories")
+    lookups = [{value: index for index, value in enumerate(categories)} for categories in step.categories_]
+    fill_codes = [int(code) for code in step.fill_codes_]
+    offsets = np.cumsum([0] + [len(categories) for categories in step.categories_])
+
+    def encode(block: np.ndarray) -> np.ndarray:
+        out = np.zeros((block.shape[0], offsets[-1]), dtype=np.float64)
+        for column, lookup in enumerate(lookups):
+            for row, value in enumerate(block[:, column]):
+                # Missing (NaN, as the schema makes it; None too): the most frequent category's code.
+                index = fill_codes[column] if value is None or value != value else lookup.get(value, -1)
+                if index >= 0:  # unseen category (or a column without any at fit time): all zeros
+                    out[row, offsets[column] + index] = 1
+        return out
+
+    return encode
+
+
 def _compile_scaler(step: Any) -> ColumnStep:
     mean, scale = step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None
 
@@ -140,6 +159,8 @@ def _compile_step(step: Any) -> ColumnStep:
         SimpleImputer: _compile_imputer,
         OneHotEncoder: _compile_one_hot,
         StandardScaler: _compile_scaler,
+        CategoryOneHot: _compile_category_one_hot,
+        MedianImputer: _compile_median_imputer,
     }
     compiler = compilers.get(type(step))  # exact types: a subclass may transform differently
     if compiler is None:
