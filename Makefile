@@ -27,10 +27,12 @@ $(MLFLOW_STAMP): requirements-mlflow.lock $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# Two pytest workers (TEST_WORKERS=0: one process): tests that share a stack stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) $(MLFLOW_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): bench/requirements.txt $(STAMP)

@@ -18,6 +18,7 @@ from contextlib import closing
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mlpipeline.dev.localstack import LocalStack
 from tests import services
@@ -25,6 +26,31 @@ from tests import services
 
 def pytest_report_header() -> str:
     return services.describe()
+
+
+# Tests that share one running stack (a package- or module-scoped fixture) stay together on one worker under
+# `pytest -n 2 --dist loadgroup` (make test): the stack starts once. They run first, longest first, so the other
+# worker takes the quick tests meanwhile instead of waiting for a long stack at the end.
+STACK_GROUPS = {
+    "tests/test_demo.py": "demo",
+    "tests/dags/": "airflow_stack",
+    "tests/dev/": "process_stack",
+    "tests/faults/": "faults",
+}
+
+
+def _stack_group(item: pytest.Item) -> str | None:
+    path = Path(item.path).resolve().relative_to(Path(__file__).resolve().parent.parent).as_posix()
+    return next((group for prefix, group in STACK_GROUPS.items() if path.startswith(prefix)), None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = list(STACK_GROUPS.values())
+    for item in items:
+        group = _stack_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: order.index(group) if (group := _stack_group(item)) else len(order))
 
 
 def dags_test(stack: LocalStack, conf: dict) -> tuple[str, dict[str, str | None]]:
