@@ -25,6 +25,8 @@ def mix(x: np.ndarray) -> np.ndarray:
 def _hash_strings(text: pa.Array) -> np.ndarray:
     """A 64-bit hash of each string's bytes (one value always gets one hash, whatever the chunk)."""
     encoded = pc.dictionary_encode(text)
+    if not len(encoded.dictionary):  # all missing (no dictionary to index)
+        return np.full(len(text), _NULL_HASH, dtype=U64)
     if len(encoded.dictionary) * 4 < len(text):  # few distinct values (categories): hash each value once
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         hashes = _hash_distinct_strings(encoded.dictionary)[np.nan_to_num(indices, nan=0).astype(np.int64)]
@@ -53,7 +55,9 @@ def _hash_distinct_strings(text: pa.Array) -> np.ndarray:
         words = np.ascontiguousarray(matrix).view(U64)
         combined = mix(lengths[short].astype(U64) + GOLDEN)
         for column in range(words.shape[1]):
-            combined = mix(combined ^ mix(words[:, column] + U64(column)))
+            # Only the words that hold the string's bytes: the padding's width depends on the chunk's longest value.
+            inside = lengths[short] > column * 8
+            combined = np.where(inside, mix(combined ^ mix(words[:, column] + U64(column))), combined)
         hashes[short] = combined
     long = valid & ~short
     if long.any():
