@@ -23,9 +23,7 @@ def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan
     the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
     target_hashes = [
-        hash_values(
-            plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()), plan.hash_kind
-        )
+        hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
         for group in range(staging.num_row_groups)
     ]
     if target_hashes:

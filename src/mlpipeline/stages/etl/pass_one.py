@@ -27,7 +27,7 @@ from mlpipeline.stages.etl.coerce import (
     missing,
     parse_numbers,
 )
-from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
+from mlpipeline.stages.etl.hashing import hash_rows
 from mlpipeline.stages.etl.reading import (
     FastReaderGaveUp,
     ReadError,
@@ -192,14 +192,12 @@ def _stage_clean_rows(
     task says what its values are)."""
     keep = pa.array(good)
     staged: dict[str, pa.Array] = {}
-    row_hash = np.zeros(int(good.sum()), dtype=U64)
     if schema.id_column and schema.id_column in raw:
         staged[schema.id_column] = as_text(raw[schema.id_column]).filter(keep)
-        row_hash = mix(row_hash * GOLDEN + hash_values(staged[schema.id_column], "categorical"))
     for spec in schema.resolved_columns():
         if spec.name in typed:
             staged[spec.name] = typed[spec.name].values.filter(keep)
-            row_hash = mix(row_hash * GOLDEN + hash_values(staged[spec.name], spec.type))
+    row_hash = hash_rows(staged, int(good.sum()))
     staged[schema.target] = target
     if len(row_hash):
         writer.write_table(pa.table(staged, schema=writer.schema))
