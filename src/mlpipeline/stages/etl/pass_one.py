@@ -4,7 +4,9 @@ write the clean rows (their target as text) to a staging Parquet file, hash each
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -75,6 +77,11 @@ def read_pass_one(raw_data_path: str, raw_format: str, config: PipelineConfig, t
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: {exc}") from exc
 
 
+def etl_threads(config: PipelineConfig) -> int:
+    """The threads ``etl_threads`` asks for (0: one per CPU core)."""
+    return config.etl_threads or os.cpu_count() or 1
+
+
 def top_reasons(counts: dict[str, int]) -> dict[str, int]:
     """``reasons.value_counts().head(50).to_dict()`` from counts in first-seen order."""
     if not counts:
@@ -90,7 +97,7 @@ def _pass_one(
     state = PassOne()
     writer: pq.ParquetWriter | None = None
     present: set[str] = set()
-    with open(quarantine, "w", newline="", encoding="utf-8") as out:
+    with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(etl_threads(config)) as pool:
         try:
             for chunk in chunks:
                 if writer is None:  # the first chunk fixes the columns
@@ -99,7 +106,7 @@ def _pass_one(
                     present = set(state.columns)
                     _write_quarantine_header(out, state.columns)
                     writer = _open_staging(staging, schema, present)
-                _chunk_pass_one(chunk, config, state, out, writer)
+                _chunk_pass_one(chunk, config, state, out, writer, pool)
         finally:
             if writer is not None:
                 writer.close()
@@ -120,7 +127,9 @@ def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:
     pd.DataFrame(columns=[*columns, "_row_number", "_reason"]).to_csv(out, index=False)
 
 
-def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any) -> None:
+def _chunk_pass_one(
+    chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any, pool: Executor
+) -> None:
     if chunk.num_rows == 0:
         return
     schema = config.dataset_schema
@@ -128,10 +137,14 @@ def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out
     state.rows_in += chunk.num_rows
     raw = {name: chunk.column(name).combine_chunks() for name in chunk.column_names}
     used = [name for name in (schema.id_column, schema.target, *schema.feature_names) if name and name in raw]
-    too_long = check_lengths(raw, used, config.max_cell_chars)
-    target, numbers = _target_chunk(raw[schema.target], schema.target, config.task)
+    # The columns are independent: typed side by side (Arrow's kernels and numpy release the GIL).
+    lengths = pool.submit(check_lengths, raw, used, config.max_cell_chars)
+    target_job = pool.submit(_target_chunk, raw[schema.target], schema.target, config.task)
     # An optional column the source does not have is all missing: nothing to type or check.
-    typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.resolved_columns() if spec.name in raw}
+    specs = [spec for spec in schema.resolved_columns() if spec.name in raw]
+    columns = pool.map(lambda spec: coerce_column(raw[spec.name], spec), specs)
+    typed = dict(zip([spec.name for spec in specs], columns, strict=True))
+    too_long, (target, numbers) = lengths.result(), target_job.result()
     bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
     good = ~bad
     for name, column in typed.items():
