@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema
 from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
 from mlpipeline.stages.etl.pass_one import PassOne
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan
 
 
-def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan: TargetPlan) -> np.ndarray:
+def first_occurrences(state: PassOne, staging: Staging, target: str, plan: TargetPlan) -> np.ndarray:
     """Keep-mask over the clean rows: the first of each group of identical rows, the target's value included (as
     the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
@@ -31,16 +31,16 @@ def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan
     return ~pd.Series(hashes, copy=False).duplicated(keep="first").to_numpy()
 
 
-def row_groups(staging: pq.ParquetFile) -> Iterator[tuple[int, int, int]]:
+def row_groups(staging: Staging) -> Iterator[tuple[int, int, int]]:
     """(row group, first staged row, row past its end)."""
     start = 0
     for group in range(staging.num_row_groups):
-        rows = staging.metadata.row_group(group).num_rows
+        rows = staging.rows(group)
         yield group, start, start + rows
         start += rows
 
 
-def fill_values(staging: pq.ParquetFile, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
+def fill_values(staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
     """What each column with missing values is filled with, over the whole deduplicated dataset."""
     fills: dict[str, Any] = {}
     for spec in schema.resolved_columns():
@@ -76,7 +76,7 @@ def _median_fill(column: np.ndarray, missing: np.ndarray, spec_type: str) -> Any
     return float(round(fill)) if spec_type == "integer" else fill
 
 
-def _value_counts(staging: pq.ParquetFile, keep: np.ndarray, name: str) -> tuple[dict[Any, int], bool]:
+def _value_counts(staging: Staging, keep: np.ndarray, name: str) -> tuple[dict[Any, int], bool]:
     """Counts of the kept rows' known values of ``name``, and whether any kept row misses it."""
     counts: dict[Any, int] = {}
     any_missing = False

@@ -17,6 +17,7 @@ from mlpipeline.features import add_date_parts
 from mlpipeline.stages.crawl import rechunk
 from mlpipeline.stages.etl.coerce import STAGED_TYPES
 from mlpipeline.stages.etl.dataset import row_groups
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan
 
 _OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
@@ -91,7 +92,7 @@ def write_features(
 ) -> int:
     """Write the output in row groups of ``_OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
     bytes (and so ``data_sha256``) do not depend on the chunk size. Returns the rows written."""
-    staging = pq.ParquetFile(staging_path)
+    staging = Staging(staging_path)
     tables = (
         _output_table(
             staging.read_row_group(group).filter(pa.array(keep[start:end])),

@@ -1,6 +1,6 @@
 """Pass 1 over the raw chunks: type every column, append the bad rows with their reason to ``quarantine.csv``,
-write the clean rows (their target as text) to a staging Parquet file, hash each clean row without its target
-(for the dedupe across chunks) and count the clean rows' target values (:class:`~.target.TargetStats`)."""
+write the clean rows (their target as text) to the staging file (:mod:`.staging`), hash each clean row without
+its target (for the dedupe across chunks) and count the clean rows' target values (:class:`~.target.TargetStats`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.coerce import (
@@ -38,6 +37,7 @@ from mlpipeline.stages.etl.reading import (
     refuse_duplicate_columns,
 )
 from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
+from mlpipeline.stages.etl.staging import StagingWriter
 from mlpipeline.stages.etl.target import TargetStats
 
 _QUARANTINE_TOP_REASONS = 50
@@ -95,7 +95,7 @@ def _pass_one(
 ) -> tuple[PassOne, set[str]]:
     schema = config.dataset_schema
     state = PassOne()
-    writer: pq.ParquetWriter | None = None
+    writer: StagingWriter | None = None
     present: set[str] = set()
     with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(etl_threads(config)) as pool:
         try:
@@ -113,14 +113,11 @@ def _pass_one(
     return state, present
 
 
-def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> pq.ParquetWriter:
+def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> StagingWriter:
     fields = [pa.field(schema.id_column, pa.string())] if schema.id_column and schema.id_column in present else []
     fields += [pa.field(c.name, STAGED_TYPES[c.type]) for c in schema.resolved_columns() if c.name in present]
     fields.append(pa.field(schema.target, pa.string()))  # as text: the task decides its type after pass 1
-    # A scratch file read back within this run: no time spent on compression, dictionaries or statistics.
-    return pq.ParquetWriter(
-        staging, pa.schema(fields), compression="none", use_dictionary=False, write_statistics=False
-    )
+    return StagingWriter(staging, pa.schema(fields))
 
 
 def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:

@@ -27,6 +27,7 @@ from mlpipeline.stages.etl.result import (
     EtlError,
     EtlResult,
 )
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan, plan_target
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
 
@@ -151,7 +152,7 @@ def _refuse_mostly_missing_columns(config: PipelineConfig, state: PassOne) -> No
 
 def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetPlan) -> np.ndarray:
     """Keep-mask over the clean rows without duplicates; refuses fewer than ``min_rows`` kept rows."""
-    keep = first_occurrences(state, pq.ParquetFile(staging), config.dataset_schema.target, plan)
+    keep = first_occurrences(state, Staging(staging), config.dataset_schema.target, plan)
     state.hashes.clear()  # the largest per-row arrays: not needed any more
     rows_out = int(keep.sum())
     if rows_out < config.min_rows:
@@ -164,7 +165,7 @@ def _impute_and_write(
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
-    fills = fill_values(pq.ParquetFile(staging_path), keep, schema, present)
+    fills = fill_values(Staging(staging_path), keep, schema, present)
     write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
     return fills
