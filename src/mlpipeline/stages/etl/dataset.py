@@ -4,6 +4,7 @@ are filled with (medians and modes over the whole deduplicated dataset)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,24 +41,30 @@ def row_groups(staging: Staging) -> Iterator[tuple[int, int, int]]:
         start += rows
 
 
-def fill_values(staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
-    """What each column with missing values is filled with, over the whole deduplicated dataset."""
-    fills: dict[str, Any] = {}
-    for spec in schema.resolved_columns():
-        if spec.name not in present:
-            fill = _fill_for_absent(spec) if keep.any() else None
-            if fill is not None:
-                fills[spec.name] = fill
-        elif spec.type in ("numeric", "integer", "date"):
-            column = staging.read(columns=[spec.name]).column(0).to_numpy()[keep]
-            missing = np.isnat(column) if spec.type == "date" else np.isnan(column)
-            if missing.any():
-                fills[spec.name] = _median_fill(column, missing, spec.type)
-        else:
-            counts, any_missing = _value_counts(staging, keep, spec.name)
-            if any_missing:
-                fills[spec.name] = _mode(counts) if counts else ("missing" if spec.type == "categorical" else False)
-    return fills
+def fill_values(
+    staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str], threads: int = 1
+) -> dict[str, Any]:
+    """What each column with missing values is filled with, over the whole deduplicated dataset (``threads``
+    columns side by side)."""
+    specs = schema.resolved_columns()
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(lambda spec: _fill_value(staging, keep, spec, present), specs))
+    return {spec.name: fill for spec, (has_fill, fill) in zip(specs, found, strict=True) if has_fill}
+
+
+def _fill_value(staging: Staging, keep: np.ndarray, spec: ColumnSpec, present: set[str]) -> tuple[bool, Any]:
+    """Whether ``spec``'s column gets a fill, and which."""
+    if spec.name not in present:
+        fill = _fill_for_absent(spec) if keep.any() else None
+        return fill is not None, fill
+    if spec.type in ("numeric", "integer", "date"):
+        column = staging.read(columns=[spec.name]).column(0).to_numpy()[keep]
+        missing = np.isnat(column) if spec.type == "date" else np.isnan(column)
+        return bool(missing.any()), (_median_fill(column, missing, spec.type) if missing.any() else None)
+    counts, any_missing = _value_counts(staging, keep, spec.name)
+    if not any_missing:
+        return False, None
+    return True, _mode(counts) if counts else ("missing" if spec.type == "categorical" else False)
 
 
 def _fill_for_absent(spec: ColumnSpec) -> Any:

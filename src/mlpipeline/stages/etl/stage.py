@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
 from mlpipeline.stages.etl.output import write_features
-from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
+from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
@@ -58,9 +58,9 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
-        fills = _impute_and_write(tmp, keep, plan, schema, present)
+        fills = _impute_and_write(tmp, keep, plan, schema, present, etl_threads(config))
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
-        _write_profile(tmp, schema, state, keep, fills, target)
+        _write_profile(tmp, schema, state, keep, fills, target, etl_threads(config))
         if plan.positive_label is not None:
             schema = schema.model_copy(update={"positive_label": plan.positive_label})
         excluded = excluded or _not_features(state.columns, schema)
@@ -161,11 +161,11 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
 
 
 def _impute_and_write(
-    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str]
+    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str], threads: int
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
-    fills = fill_values(Staging(staging_path), keep, schema, present)
+    fills = fill_values(Staging(staging_path), keep, schema, present, threads)
     write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
     return fills
@@ -192,9 +192,15 @@ def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict
 
 
 def _write_profile(
-    tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any], target: dict[str, Any]
+    tmp: Path,
+    schema: DatasetSchema,
+    state: PassOne,
+    keep: np.ndarray,
+    fills: dict[str, Any],
+    target: dict[str, Any],
+    threads: int,
 ) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"])
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"], threads)
     data_profile.update(
         task=target["task"],
         target=target,
