@@ -3,8 +3,8 @@ outputs (``features.parquet``, ``quarantine.csv``, ``profile.json`` and the resu
 ``golden/`` and must not change when the ETL's engine does (``test_identical_outputs.py``).
 
 Regenerate the goldens (only when an output change is intended, and say why in the commit) with
-``PYTHONPATH=src python -m tests.stages.etl.golden_cases``; the raw snapshots are stored too, so the goldens do not
-depend on the data generators staying the same.
+``PYTHONPATH=src python -m tests.stages.etl.golden_cases [CASE ...]``; the raw snapshots are stored too, so the
+goldens do not depend on the data generators staying the same.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ SMALL_SCHEMA: dict[str, Any] = {
         {"name": "extra", "type": "numeric", "required": False},
     ],
 }
+_ABSENT_DATE = {"name": "visit", "type": "date", "required": False}  # a declared optional column the source lacks
 _HEADER = "id,amount,count,colour,active,seen,note,label"
 _COLOURS = ("red", "blue", "green")
 _NOTES = ("a", "b", "c", "d")
@@ -139,6 +140,12 @@ CASES: list[Case] = [
     ),
     Case("small_regression_auto", "csv", _small_csv(lambda i: f" {(i * 13) % 97 / 3:.4f}"), _SMALL),
     Case(
+        "small_absent_optional_date",
+        "csv",
+        _small_csv(lambda i: str(i % 2)),
+        {**_SMALL, "dataset_schema": {**SMALL_SCHEMA, "columns": [*SMALL_SCHEMA["columns"], _ABSENT_DATE]}},
+    ),
+    Case(
         "small_inferred",
         "csv",
         _small_csv(lambda i: "ab"[i % 2]),
@@ -152,8 +159,10 @@ def record_of(result: EtlResult) -> dict[str, Any]:
     return {k: v for k, v in result.to_dict().items() if k not in UNCOMPARED_FIELDS}
 
 
-def write_goldens() -> None:
+def write_goldens(names: list[str]) -> None:
     for case in CASES:
+        if names and case.name not in names:
+            continue
         folder = GOLDEN_DIR / case.name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -168,4 +177,4 @@ def write_goldens() -> None:
 
 
 if __name__ == "__main__":
-    write_goldens()
+    write_goldens(sys.argv[1:])  # the cases named, or all
