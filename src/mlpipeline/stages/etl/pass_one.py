@@ -34,6 +34,7 @@ from mlpipeline.stages.etl.reading import (
     ReadError,
     arrow_csv_chunks,
     pandas_chunks,
+    read_ahead,
     refuse_duplicate_columns,
 )
 from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
@@ -99,7 +100,7 @@ def _pass_one(
     present: set[str] = set()
     with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(etl_threads(config)) as pool:
         try:
-            for chunk in chunks:
+            for chunk in read_ahead(chunks) if etl_threads(config) > 1 else chunks:
                 if writer is None:  # the first chunk fixes the columns
                     state.columns = chunk.column_names
                     check_columns(state.columns, schema)

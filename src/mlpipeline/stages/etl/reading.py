@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -132,3 +133,13 @@ def pandas_chunks(path: str, fmt: str, chunk_rows: int) -> Iterator[pa.Table]:
             )
     except Exception as exc:
         raise ReadError(str(exc)) from exc
+
+
+def read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``chunks``, the next one read on a thread while the caller works on the current one (Arrow's CSV parser
+    releases the GIL); the reader's exceptions are raised here, in order."""
+    with ThreadPoolExecutor(1, thread_name_prefix="etl-read") as reader:
+        upcoming = reader.submit(next, chunks, None)
+        while (chunk := upcoming.result()) is not None:
+            upcoming = reader.submit(next, chunks, None)
+            yield chunk
