@@ -58,13 +58,24 @@ def _fill_value(staging: Staging, keep: np.ndarray, spec: ColumnSpec, present: s
         fill = _fill_for_absent(spec) if keep.any() else None
         return fill is not None, fill
     if spec.type in ("numeric", "integer", "date"):
-        column = staging.read(columns=[spec.name]).column(0).to_numpy()[keep]
+        column = _kept_values(staging, keep, spec.name, "datetime64[ns]" if spec.type == "date" else "float64")
         missing = np.isnat(column) if spec.type == "date" else np.isnan(column)
         return bool(missing.any()), (_median_fill(column, missing, spec.type) if missing.any() else None)
     counts, any_missing = _value_counts(staging, keep, spec.name)
     if not any_missing:
         return False, None
     return True, _mode(counts) if counts else ("missing" if spec.type == "categorical" else False)
+
+
+def _kept_values(staging: Staging, keep: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """The kept rows' values of a staged column, gathered a batch at a time (only the kept values are held)."""
+    kept = np.empty(int(keep.sum()), dtype=dtype)
+    at = 0
+    for group, start, end in row_groups(staging):
+        values = staging.read_row_group(group, columns=[name]).column(0).to_numpy()[keep[start:end]]
+        kept[at : at + len(values)] = values
+        at += len(values)
+    return kept
 
 
 def _fill_for_absent(spec: ColumnSpec) -> Any:
