@@ -120,6 +120,6 @@ def write_features(
             table.replace_schema_metadata(file_schema.metadata) for table in itertools.chain([first], tables)
         )
         for group in rechunk(same_metadata, _OUTPUT_ROW_GROUP):
-            writer.write_table(group.combine_chunks())
+            writer.write_table(group, row_group_size=_OUTPUT_ROW_GROUP)
             rows_out += group.num_rows
     return rows_out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +52,14 @@ def profile(frame: pd.DataFrame, schema: DatasetSchema, task: str = "binary") ->
     return {"rows": len(frame), "columns": columns}
 
 
-def profile_parquet(path: Path, schema: DatasetSchema, task: str = "binary", threads: int = 1) -> dict[str, Any]:
-    """:func:`profile` of a processed Parquet file, reading one column at a time (the same numbers); ``threads``
-    columns side by side."""
+def profile_parquet(path: Path, schema: DatasetSchema, task: str = "binary") -> dict[str, Any]:
+    """:func:`profile` of a processed Parquet file, reading one column at a time (the same numbers)."""
     data = pq.ParquetFile(path)
-    fields = list(data.schema_arrow)
-    with ThreadPoolExecutor(threads) as pool:
-        stats = list(pool.map(lambda field_: _parquet_column_stats(path, field_, schema, task), fields))
-    return {
-        "rows": data.metadata.num_rows,
-        "columns": {field_.name: s for field_, s in zip(fields, stats, strict=True)},
-    }
+    columns = {field_.name: _parquet_column_stats(data, field_, schema, task) for field_ in data.schema_arrow}
+    return {"rows": data.metadata.num_rows, "columns": columns}
 
 
-def _parquet_column_stats(path: Path, field_: pa.Field, schema: DatasetSchema, task: str) -> dict[str, Any]:
-    data = pq.ParquetFile(path)  # one reader per thread
+def _parquet_column_stats(data: pq.ParquetFile, field_: pa.Field, schema: DatasetSchema, task: str) -> dict[str, Any]:
     name, kind = field_.name, _kind(field_.name, schema)
     text_like = pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
     counted = text_like or pa.types.is_boolean(field_.type) or _counted(kind, task)

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
 from mlpipeline.stages.etl.output import write_features
-from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
+from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
@@ -58,9 +59,9 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
-        fills = _impute_and_write(tmp, keep, plan, schema, present, etl_threads(config))
+        fills = _impute_and_write(tmp, keep, plan, schema, present)
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
-        _write_profile(tmp, schema, state, keep, fills, target, etl_threads(config))
+        _write_profile(tmp, schema, state, keep, fills, target)
         if plan.positive_label is not None:
             schema = schema.model_copy(update={"positive_label": plan.positive_label})
         excluded = excluded or _not_features(state.columns, schema)
@@ -105,6 +106,7 @@ def _validate_and_stage(
 ) -> tuple[PassOne, set[str]]:
     """Pass 1; refuses a snapshot without columns or rows."""
     state, present = read_pass_one(raw_data_path, raw_format, config, tmp)
+    pa.default_memory_pool().release_unused()  # the chunks' memory, kept by the allocator for reuse: not needed now
     if not state.columns:
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: no columns")
     if state.rows_in == 0:
@@ -161,13 +163,14 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
 
 
 def _impute_and_write(
-    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str], threads: int
+    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str]
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
-    fills = fill_values(Staging(staging_path), keep, schema, present, threads)
+    fills = fill_values(Staging(staging_path), keep, schema, present)
     write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
+    pa.default_memory_pool().release_unused()
     return fills
 
 
@@ -192,15 +195,9 @@ def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict
 
 
 def _write_profile(
-    tmp: Path,
-    schema: DatasetSchema,
-    state: PassOne,
-    keep: np.ndarray,
-    fills: dict[str, Any],
-    target: dict[str, Any],
-    threads: int,
+    tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any], target: dict[str, Any]
 ) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"], threads)
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"])
     data_profile.update(
         task=target["task"],
         target=target,
