@@ -1,6 +1,6 @@
 """The staging file between the passes: pass 1's clean rows, typed, as an uncompressed Arrow IPC file (one record
 batch per chunk). Arrow's own layout: writing it is a copy, and reading it back is memory-mapped, without decoding;
-the map is let go after each read, so the data read does not stay in the process's memory."""
+the map is let go once a batch read is dropped, so the data read does not stay in the process's memory."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class StagingWriter:
 
 
 class Staging:
-    """Reads the staging file a batch, or a column, at a time (the calls of ``pyarrow.parquet.ParquetFile`` the
-    ETL used on a staging Parquet file)."""
+    """Reads the staging file a batch (or some of its columns) at a time, by row group number as
+    ``pyarrow.parquet.ParquetFile`` does."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -46,10 +46,3 @@ class Staging:
             batch = ipc.open_file(source).get_batch(group)
         table = pa.Table.from_batches([batch])
         return table.select(columns) if columns is not None else table
-
-    def read(self, columns: list[str]) -> pa.Table:
-        with pa.memory_map(str(self.path)) as source:
-            reader = ipc.open_file(source)
-            batches = [reader.get_batch(index).select(columns) for index in range(reader.num_record_batches)]
-            schema = pa.schema([reader.schema.field(name) for name in columns])
-        return pa.Table.from_batches(batches, schema=schema)
