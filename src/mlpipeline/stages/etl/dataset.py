@@ -4,6 +4,7 @@ are filled with (medians and modes over the whole deduplicated dataset)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,15 @@ def row_groups(staging: Staging) -> Iterator[tuple[int, int, int]]:
         start += rows
 
 
-def fill_values(staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
+def fill_values(
+    staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str], threads: int = 1
+) -> dict[str, Any]:
     """What each column with missing values is filled with, over the whole deduplicated dataset (a column at a
-    time: a column of kept values is the largest thing held)."""
-    fills: dict[str, Any] = {}
-    for spec in schema.resolved_columns():
-        has_fill, fill = _fill_value(staging, keep, spec, present)
-        if has_fill:
-            fills[spec.name] = fill
-    return fills
+    time per thread: a column of kept values is the largest thing each holds)."""
+    specs = schema.resolved_columns()
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(lambda spec: _fill_value(staging, keep, spec, present), specs))
+    return {spec.name: fill for spec, (has_fill, fill) in zip(specs, found, strict=True) if has_fill}
 
 
 def _fill_value(staging: Staging, keep: np.ndarray, spec: ColumnSpec, present: set[str]) -> tuple[bool, Any]:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
 from mlpipeline.stages.etl.output import write_features
-from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
+from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
@@ -59,9 +59,10 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
-        fills = _impute_and_write(tmp, keep, plan, schema, present)
+        threads = _column_threads(config, len(keep))
+        fills = _impute_and_write(tmp, keep, plan, schema, present, threads)
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
-        _write_profile(tmp, schema, state, keep, fills, target)
+        _write_profile(tmp, schema, state, keep, fills, target, threads)
         if plan.positive_label is not None:
             schema = schema.model_copy(update={"positive_label": plan.positive_label})
         excluded = excluded or _not_features(state.columns, schema)
@@ -162,12 +163,18 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
     return keep
 
 
+def _column_threads(config: PipelineConfig, rows: int) -> int:
+    """Threads for the steps that work a whole column at a time: ``etl_threads`` while a column is no longer than
+    a chunk (the memory the chunk size allows), else one."""
+    return etl_threads(config) if rows <= config.etl_chunk_rows else 1
+
+
 def _impute_and_write(
-    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str]
+    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str], threads: int
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
-    fills = fill_values(Staging(staging_path), keep, schema, present)
+    fills = fill_values(Staging(staging_path), keep, schema, present, threads)
     write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
     pa.default_memory_pool().release_unused()
@@ -195,9 +202,15 @@ def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict
 
 
 def _write_profile(
-    tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any], target: dict[str, Any]
+    tmp: Path,
+    schema: DatasetSchema,
+    state: PassOne,
+    keep: np.ndarray,
+    fills: dict[str, Any],
+    target: dict[str, Any],
+    threads: int,
 ) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"])
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"], threads)
     data_profile.update(
         task=target["task"],
         target=target,
