@@ -139,8 +139,9 @@ row, a profile of every output column (`profile.json`), identical results whatev
 How the stage uses the cores: Arrow's CSV parser reads the next chunk while the current one is typed; a chunk's
 columns are typed side by side on a thread pool (Arrow compute kernels: trimming, regex checks, casts; pandas only
 for the few values the fast paths do not cover); polars hashes the clean rows for the dedupe; the staging file
-between the passes is uncompressed Arrow IPC (no encode/decode). The imputation statistics and the profile stay
-a column at a time: side by side they held two whole columns, too much for the 10 M-row budget. The cProfile line
+between the passes is uncompressed Arrow IPC (no encode/decode). The imputation statistics and the profile work a
+whole column at a time, so they run columns side by side only while a column is no longer than a chunk (two 10 M-row
+columns at once broke the memory budget). The cProfile line
 above is of the main thread, so time spent waiting for the pool shows up as lock waits there. polars' own string
 expressions were measured slower than Arrow's kernels on this workload (2-4x per chunk), so they are not used for
 the typing.

@@ -19,11 +19,12 @@ row are kept: 64-bit row hashes), using ``config.etl_threads`` threads (0: one p
    else text), regression targets are float64.
 3. Dedupe over the whole dataset (:mod:`.dataset`): a row is kept if no earlier clean row has the same hash (the
    target's value as the task writes it included).
-4. Imputation statistics over the whole deduplicated dataset, one staged column at a time (:mod:`.dataset`).
+4. Imputation statistics over the whole deduplicated dataset, one staged column at a time per thread (several
+   threads only while a column is no longer than a chunk) (:mod:`.dataset`).
 5. Pass 2 over the staged batches (:mod:`.output`): drop duplicates, impute, final types, date parts ->
    ``features.parquet``.
-6. The profile, one output column at a time (:mod:`.profiling`), with the task and the class counts (or the
-   target's range).
+6. The profile, one output column at a time per thread, as in step 4 (:mod:`.profiling`), with the task and the
+   class counts (or the target's range).
 
 :mod:`.stage` runs these steps. The result depends on neither the chunk size nor the threads
 (``tests/stages/etl/test_identical_outputs.py`` holds it to golden outputs).
