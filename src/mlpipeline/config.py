@@ -116,6 +116,12 @@ class PipelineConfig(BaseModel):
     etl_chunk_rows: int = Field(
         default=250_000, ge=1, description="ETL reads and cleans this many rows at a time; bounds its memory."
     )
+    etl_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads the ETL types a chunk's columns with, side by side (0: one per CPU core); its result"
+        " does not depend on it.",
+    )
     max_missing_fraction: float = Field(
         default=0.5,
         ge=0,

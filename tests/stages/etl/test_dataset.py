@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from mlpipeline.stages.etl import EtlError, etl
+from mlpipeline.stages.etl.hashing import hash_rows
 from tests.stages.etl.support import GOOD_ROW, good_rows, make_config, run_etl, write_csv
 
 
@@ -41,3 +43,17 @@ def test_imputation_uses_the_median_of_all_rows_not_of_a_chunk(tmp_path: Path) -
     frame = pd.read_parquet(result.data_path)
     assert frame.loc[frame["id"] == "9", "amount"].item() == 100.0
     assert pd.read_json(result.profile_path, typ="series")["imputed_with"] == {"amount": 100.0}
+
+
+def test_equal_rows_hash_equally_whatever_else_is_in_their_chunk() -> None:
+    long_text = "x" * 200
+    columns = {
+        "number": pa.array([0.0, -0.0, float("nan"), None, 1.5]),
+        "text": pa.array(["a", "a", None, None, long_text]),
+        "flag": pa.array([True, True, None, None, False]),
+    }
+    hashes = hash_rows(columns, 5)
+    assert hashes[0] == hashes[1] and hashes[2] == hashes[3]  # -0.0 is 0.0; NaN is missing
+    assert len(set(hashes[[0, 2, 4]].tolist())) == 3
+    alone = hash_rows({name: values.slice(4) for name, values in columns.items()}, 1)
+    assert alone[0] == hashes[4]

@@ -27,6 +27,9 @@ PYTHON_WHITESPACE = (
 _FAST_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
 _FAST_NUMBER_MAX_CHARS = 15
 _FAST_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# A time with a zone (Z, +HH, +HHMM, +HH:MM). pandas parses a naive time that follows a zoned one in the same call
+# in that zone, so the two kinds are parsed apart.
+_ZONED_TIME = r"[T ][0-9].*([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _FAST_DATE_YEARS = (1678, 2261)  # inside datetime64[ns]; other years go to pandas
 _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 # The Arrow type each declared column type is coerced to (and staged as between the passes).
@@ -90,11 +93,13 @@ def _parse_dates(text: pa.Array) -> np.ndarray:
         values[rows[valid]] = dates[valid].astype("datetime64[ns]")
         fast[rows[~valid]] = False  # impossible dates: pandas decides (it says NaT)
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
-    if slow.any():
-        strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
-        # utc=True: zoned timestamps become UTC, naive ones stay as written, and a column may mix both.
-        parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
-        values[slow] = parsed.to_numpy(dtype="datetime64[ns]")
+    zoned = mask(pc.match_substring_regex(text, _ZONED_TIME))
+    for rows in (slow & zoned, slow & ~zoned):
+        if rows.any():
+            strings = pd.Series(text.filter(pa.array(rows)).to_pylist(), dtype="string")
+            # utc=True: zoned timestamps become UTC, naive ones stay as written, and a column may mix both.
+            parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
+            values[rows] = parsed.to_numpy(dtype="datetime64[ns]")
     return values
 
 

@@ -4,28 +4,27 @@ are filled with (medians and modes over the whole deduplicated dataset)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema
 from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
 from mlpipeline.stages.etl.pass_one import PassOne
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan
 
 
-def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan: TargetPlan) -> np.ndarray:
+def first_occurrences(state: PassOne, staging: Staging, target: str, plan: TargetPlan) -> np.ndarray:
     """Keep-mask over the clean rows: the first of each group of identical rows, the target's value included (as
     the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
     target_hashes = [
-        hash_values(
-            plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()), plan.hash_kind
-        )
+        hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
         for group in range(staging.num_row_groups)
     ]
     if target_hashes:
@@ -33,33 +32,50 @@ def first_occurrences(state: PassOne, staging: pq.ParquetFile, target: str, plan
     return ~pd.Series(hashes, copy=False).duplicated(keep="first").to_numpy()
 
 
-def row_groups(staging: pq.ParquetFile) -> Iterator[tuple[int, int, int]]:
+def row_groups(staging: Staging) -> Iterator[tuple[int, int, int]]:
     """(row group, first staged row, row past its end)."""
     start = 0
     for group in range(staging.num_row_groups):
-        rows = staging.metadata.row_group(group).num_rows
+        rows = staging.rows(group)
         yield group, start, start + rows
         start += rows
 
 
-def fill_values(staging: pq.ParquetFile, keep: np.ndarray, schema: DatasetSchema, present: set[str]) -> dict[str, Any]:
-    """What each column with missing values is filled with, over the whole deduplicated dataset."""
-    fills: dict[str, Any] = {}
-    for spec in schema.resolved_columns():
-        if spec.name not in present:
-            fill = _fill_for_absent(spec) if keep.any() else None
-            if fill is not None:
-                fills[spec.name] = fill
-        elif spec.type in ("numeric", "integer", "date"):
-            column = staging.read(columns=[spec.name]).column(0).to_numpy()[keep]
-            missing = np.isnat(column) if spec.type == "date" else np.isnan(column)
-            if missing.any():
-                fills[spec.name] = _median_fill(column, missing, spec.type)
-        else:
-            counts, any_missing = _value_counts(staging, keep, spec.name)
-            if any_missing:
-                fills[spec.name] = _mode(counts) if counts else ("missing" if spec.type == "categorical" else False)
-    return fills
+def fill_values(
+    staging: Staging, keep: np.ndarray, schema: DatasetSchema, present: set[str], threads: int = 1
+) -> dict[str, Any]:
+    """What each column with missing values is filled with, over the whole deduplicated dataset (a column at a
+    time per thread: a column of kept values is the largest thing each holds)."""
+    specs = schema.resolved_columns()
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(lambda spec: _fill_value(staging, keep, spec, present), specs))
+    return {spec.name: fill for spec, (has_fill, fill) in zip(specs, found, strict=True) if has_fill}
+
+
+def _fill_value(staging: Staging, keep: np.ndarray, spec: ColumnSpec, present: set[str]) -> tuple[bool, Any]:
+    """Whether ``spec``'s column gets a fill, and which."""
+    if spec.name not in present:
+        fill = _fill_for_absent(spec) if keep.any() else None
+        return fill is not None, fill
+    if spec.type in ("numeric", "integer", "date"):
+        column = _kept_values(staging, keep, spec.name, "datetime64[ns]" if spec.type == "date" else "float64")
+        missing = np.isnat(column) if spec.type == "date" else np.isnan(column)
+        return bool(missing.any()), (_median_fill(column, missing, spec.type) if missing.any() else None)
+    counts, any_missing = _value_counts(staging, keep, spec.name)
+    if not any_missing:
+        return False, None
+    return True, _mode(counts) if counts else ("missing" if spec.type == "categorical" else False)
+
+
+def _kept_values(staging: Staging, keep: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """The kept rows' values of a staged column, gathered a batch at a time (only the kept values are held)."""
+    kept = np.empty(int(keep.sum()), dtype=dtype)
+    at = 0
+    for group, start, end in row_groups(staging):
+        values = staging.read_row_group(group, columns=[name]).column(0).to_numpy()[keep[start:end]]
+        kept[at : at + len(values)] = values
+        at += len(values)
+    return kept
 
 
 def _fill_for_absent(spec: ColumnSpec) -> Any:
@@ -78,7 +94,7 @@ def _median_fill(column: np.ndarray, missing: np.ndarray, spec_type: str) -> Any
     return float(round(fill)) if spec_type == "integer" else fill
 
 
-def _value_counts(staging: pq.ParquetFile, keep: np.ndarray, name: str) -> tuple[dict[Any, int], bool]:
+def _value_counts(staging: Staging, keep: np.ndarray, name: str) -> tuple[dict[Any, int], bool]:
     """Counts of the kept rows' known values of ``name``, and whether any kept row misses it."""
     counts: dict[Any, int] = {}
     any_missing = False

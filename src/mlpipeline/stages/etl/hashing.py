@@ -1,16 +1,19 @@
-"""64-bit row hashes, so duplicates can be found across chunks while keeping only 8 bytes per row."""
+"""64-bit row hashes, so duplicates can be found across chunks while keeping only 8 bytes per row.
+
+polars hashes the columns (in parallel, each value's hash a function of the value alone, so one row gets one hash
+whatever chunk it is in; polars does not promise the same hashes across its versions, which is fine: they live
+for one run). Equal values must hash equally, so numbers are made canonical first: ``-0.0`` is ``0.0`` and NaN is
+missing.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 U64 = np.uint64
 GOLDEN = U64(0x9E3779B97F4A7C15)
-_NULL_HASH = U64(0x5BD1E9955BD1E995)
-_HASHED_STRING_MAX_BYTES = 64  # longer strings are hashed by pandas
 
 
 def mix(x: np.ndarray) -> np.ndarray:
@@ -22,54 +25,21 @@ def mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> U64(31))
 
 
-def _hash_strings(text: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string's bytes (one value always gets one hash, whatever the chunk)."""
-    encoded = pc.dictionary_encode(text)
-    if len(encoded.dictionary) * 4 < len(text):  # few distinct values (categories): hash each value once
-        indices = encoded.indices.to_numpy(zero_copy_only=False)
-        hashes = _hash_distinct_strings(encoded.dictionary)[np.nan_to_num(indices, nan=0).astype(np.int64)]
-        hashes[~text.is_valid().to_numpy(zero_copy_only=False)] = _NULL_HASH
-        return hashes
-    return _hash_distinct_strings(text)
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
+    if not floats:
+        return frame
+    return frame.with_columns((pl.col(name).fill_nan(None) + 0.0).alias(name) for name in floats)
 
 
-def _hash_distinct_strings(text: pa.Array) -> np.ndarray:
-    count = len(text)
-    hashes = np.full(count, _NULL_HASH, dtype=U64)
-    if count == 0:
-        return hashes
-    buffers = text.buffers()
-    offsets = np.frombuffer(buffers[1], np.int32, count=count + 1, offset=text.offset * 4).astype(np.int64)
-    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(1, np.uint8)
-    lengths = np.diff(offsets)
-    valid = text.is_valid().to_numpy(zero_copy_only=False)
-    short = valid & (lengths <= _HASHED_STRING_MAX_BYTES)
-    if short.any():
-        # The bytes as a zero-padded matrix, read eight at a time as integers: vectorised, no Python strings.
-        width = max(8, -(-int(lengths[short].max()) // 8) * 8)
-        span = np.arange(width)
-        positions = np.minimum(offsets[:-1][short, None] + span, data.size - 1)
-        matrix = np.where(span < lengths[short, None], data[positions], 0).astype(np.uint8)
-        words = np.ascontiguousarray(matrix).view(U64)
-        combined = mix(lengths[short].astype(U64) + GOLDEN)
-        for column in range(words.shape[1]):
-            combined = mix(combined ^ mix(words[:, column] + U64(column)))
-        hashes[short] = combined
-    long = valid & ~short
-    if long.any():
-        strings = np.array(text.filter(pa.array(long)).to_pylist(), dtype=object)
-        hashes[long] = mix(pd.util.hash_array(strings, categorize=False) ^ GOLDEN)
-    return hashes
+def hash_rows(columns: dict[str, pa.Array], rows: int) -> np.ndarray:
+    """One 64-bit hash per row of ``rows``-long ``columns`` (the same columns, in the same order, in every chunk)."""
+    if not columns or not rows:
+        return np.zeros(rows, dtype=U64)
+    frame = _canonical(pl.from_arrow(pa.table(columns)))  # type: ignore[arg-type]
+    return frame.hash_rows().to_numpy()
 
 
-def hash_values(values: pa.Array, spec_type: str) -> np.ndarray:
-    if spec_type in ("numeric", "integer"):
-        numbers = values.to_numpy(zero_copy_only=False) + 0.0  # -0.0 -> 0.0: equal values, equal hashes
-        numbers[np.isnan(numbers)] = np.nan  # one NaN bit pattern
-        return mix(numbers.view(U64))
-    if spec_type == "boolean":
-        codes = pc.fill_null(pc.cast(values, pa.int8()), 2).to_numpy(zero_copy_only=False)
-        return mix(codes.astype(U64) + GOLDEN)
-    if spec_type == "date":
-        return mix(pc.fill_null(pc.cast(values, pa.int64()), np.iinfo(np.int64).min).to_numpy().view(U64))
-    return _hash_strings(values)
+def hash_values(values: pa.Array) -> np.ndarray:
+    """One 64-bit hash per value."""
+    return hash_rows({"value": values}, len(values))

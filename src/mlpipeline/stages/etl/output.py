@@ -13,12 +13,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import ColumnSpec, DatasetSchema
-from mlpipeline.features import add_date_parts
+from mlpipeline.features import DATE_PARTS, date_part_columns
 from mlpipeline.stages.crawl import rechunk
 from mlpipeline.stages.etl.coerce import STAGED_TYPES
 from mlpipeline.stages.etl.dataset import row_groups
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan
 
+# The Arrow kernel of each of mlpipeline.features.DATE_PARTS (pandas' .dt accessors of the same names).
+_ARROW_DATE_PARTS = {"year": pc.year, "month": pc.month, "dayofweek": pc.day_of_week, "dayofyear": pc.day_of_year}
 _OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
 
 
@@ -35,11 +38,10 @@ def _output_table(
     columns: dict[str, pa.Array] = {}
     if schema.id_column and schema.id_column in present:
         columns[schema.id_column] = staged.column(schema.id_column).combine_chunks()
-    dates: dict[str, Any] = {}
+    dates: dict[str, pa.Array] = {}
     for spec in schema.resolved_columns():
         if spec.name not in present and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
-            dates[spec.name] = np.full(rows, np.nan)
-            columns[spec.name] = pa.array(dates[spec.name], from_pandas=True)
+            columns[spec.name] = dates[spec.name] = pa.nulls(rows, pa.float64())
             continue
         if spec.name in present:
             values = staged.column(spec.name).combine_chunks()
@@ -47,13 +49,19 @@ def _output_table(
             values = pa.nulls(rows, STAGED_TYPES[spec.type])
         columns[spec.name] = _imputed(values, spec, fills)
         if spec.type == "date":
-            dates[spec.name] = columns[spec.name].to_numpy(zero_copy_only=False)
+            dates[spec.name] = columns[spec.name]
     columns[schema.target] = plan.values(staged.column(schema.target).combine_chunks())
-    if dates:
-        parts = add_date_parts(pd.DataFrame(dates), list(dates))
-        for name in parts.columns[len(dates) :]:
-            columns[name] = pa.array(parts[name].to_numpy(), from_pandas=True)
+    for name, values in dates.items():
+        columns.update(_date_parts(name, values))
     return pa.table(columns)
+
+
+def _date_parts(name: str, values: pa.Array) -> dict[str, pa.Array]:
+    """:func:`mlpipeline.features.add_date_parts` in Arrow: float64 parts, missing where the date is (Monday is
+    day 0 of the week, as in pandas)."""
+    if not pa.types.is_timestamp(values.type):  # a declared date column the source lacks: no dates at all
+        return {column: pa.nulls(len(values), pa.float64()) for column in date_part_columns(name)}
+    return {f"{name}_{part}": pc.cast(_ARROW_DATE_PARTS[part](values), pa.float64()) for part in DATE_PARTS}
 
 
 def _imputed(values: pa.Array, spec: ColumnSpec, fills: dict[str, Any]) -> pa.Array:
@@ -91,7 +99,7 @@ def write_features(
 ) -> int:
     """Write the output in row groups of ``_OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
     bytes (and so ``data_sha256``) do not depend on the chunk size. Returns the rows written."""
-    staging = pq.ParquetFile(staging_path)
+    staging = Staging(staging_path)
     tables = (
         _output_table(
             staging.read_row_group(group).filter(pa.array(keep[start:end])),
@@ -112,6 +120,6 @@ def write_features(
             table.replace_schema_metadata(file_schema.metadata) for table in itertools.chain([first], tables)
         )
         for group in rechunk(same_metadata, _OUTPUT_ROW_GROUP):
-            writer.write_table(group.combine_chunks())
+            writer.write_table(group, row_group_size=_OUTPUT_ROW_GROUP)
             rows_out += group.num_rows
     return rows_out

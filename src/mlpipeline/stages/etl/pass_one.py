@@ -1,10 +1,12 @@
 """Pass 1 over the raw chunks: type every column, append the bad rows with their reason to ``quarantine.csv``,
-write the clean rows (their target as text) to a staging Parquet file, hash each clean row without its target
-(for the dedupe across chunks) and count the clean rows' target values (:class:`~.target.TargetStats`)."""
+write the clean rows (their target as text) to the staging file (:mod:`.staging`), hash each clean row without
+its target (for the dedupe across chunks) and count the clean rows' target values (:class:`~.target.TargetStats`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.coerce import (
@@ -27,15 +28,17 @@ from mlpipeline.stages.etl.coerce import (
     missing,
     parse_numbers,
 )
-from mlpipeline.stages.etl.hashing import GOLDEN, U64, hash_values, mix
+from mlpipeline.stages.etl.hashing import hash_rows
 from mlpipeline.stages.etl.reading import (
     FastReaderGaveUp,
     ReadError,
     arrow_csv_chunks,
     pandas_chunks,
+    read_ahead,
     refuse_duplicate_columns,
 )
 from mlpipeline.stages.etl.result import QUARANTINE_FILE, STAGING_FILE, EtlError
+from mlpipeline.stages.etl.staging import StagingWriter
 from mlpipeline.stages.etl.target import TargetStats
 
 _QUARANTINE_TOP_REASONS = 50
@@ -75,6 +78,11 @@ def read_pass_one(raw_data_path: str, raw_format: str, config: PipelineConfig, t
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: {exc}") from exc
 
 
+def etl_threads(config: PipelineConfig) -> int:
+    """The threads ``etl_threads`` asks for (0: one per CPU core)."""
+    return config.etl_threads or os.cpu_count() or 1
+
+
 def top_reasons(counts: dict[str, int]) -> dict[str, int]:
     """``reasons.value_counts().head(50).to_dict()`` from counts in first-seen order."""
     if not counts:
@@ -88,39 +96,38 @@ def _pass_one(
 ) -> tuple[PassOne, set[str]]:
     schema = config.dataset_schema
     state = PassOne()
-    writer: pq.ParquetWriter | None = None
+    writer: StagingWriter | None = None
     present: set[str] = set()
-    with open(quarantine, "w", newline="", encoding="utf-8") as out:
+    with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(etl_threads(config)) as pool:
         try:
-            for chunk in chunks:
+            for chunk in read_ahead(chunks) if etl_threads(config) > 1 else chunks:
                 if writer is None:  # the first chunk fixes the columns
                     state.columns = chunk.column_names
                     check_columns(state.columns, schema)
                     present = set(state.columns)
                     _write_quarantine_header(out, state.columns)
                     writer = _open_staging(staging, schema, present)
-                _chunk_pass_one(chunk, config, state, out, writer)
+                _chunk_pass_one(chunk, config, state, out, writer, pool)
         finally:
             if writer is not None:
                 writer.close()
     return state, present
 
 
-def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> pq.ParquetWriter:
+def _open_staging(staging: Path, schema: DatasetSchema, present: set[str]) -> StagingWriter:
     fields = [pa.field(schema.id_column, pa.string())] if schema.id_column and schema.id_column in present else []
     fields += [pa.field(c.name, STAGED_TYPES[c.type]) for c in schema.resolved_columns() if c.name in present]
     fields.append(pa.field(schema.target, pa.string()))  # as text: the task decides its type after pass 1
-    # A scratch file read back within this run: no time spent on compression, dictionaries or statistics.
-    return pq.ParquetWriter(
-        staging, pa.schema(fields), compression="none", use_dictionary=False, write_statistics=False
-    )
+    return StagingWriter(staging, pa.schema(fields))
 
 
 def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:
     pd.DataFrame(columns=[*columns, "_row_number", "_reason"]).to_csv(out, index=False)
 
 
-def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any) -> None:
+def _chunk_pass_one(
+    chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any, pool: Executor
+) -> None:
     if chunk.num_rows == 0:
         return
     schema = config.dataset_schema
@@ -128,10 +135,14 @@ def _chunk_pass_one(chunk: pa.Table, config: PipelineConfig, state: PassOne, out
     state.rows_in += chunk.num_rows
     raw = {name: chunk.column(name).combine_chunks() for name in chunk.column_names}
     used = [name for name in (schema.id_column, schema.target, *schema.feature_names) if name and name in raw]
-    too_long = check_lengths(raw, used, config.max_cell_chars)
-    target, numbers = _target_chunk(raw[schema.target], schema.target, config.task)
+    # The columns are independent: typed side by side (Arrow's kernels and numpy release the GIL).
+    lengths = pool.submit(check_lengths, raw, used, config.max_cell_chars)
+    target_job = pool.submit(_target_chunk, raw[schema.target], schema.target, config.task)
     # An optional column the source does not have is all missing: nothing to type or check.
-    typed = {spec.name: coerce_column(raw[spec.name], spec) for spec in schema.resolved_columns() if spec.name in raw}
+    specs = [spec for spec in schema.resolved_columns() if spec.name in raw]
+    columns = pool.map(lambda spec: coerce_column(raw[spec.name], spec), specs)
+    typed = dict(zip([spec.name for spec in specs], columns, strict=True))
+    too_long, (target, numbers) = lengths.result(), target_job.result()
     bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
     good = ~bad
     for name, column in typed.items():
@@ -192,14 +203,12 @@ def _stage_clean_rows(
     task says what its values are)."""
     keep = pa.array(good)
     staged: dict[str, pa.Array] = {}
-    row_hash = np.zeros(int(good.sum()), dtype=U64)
     if schema.id_column and schema.id_column in raw:
         staged[schema.id_column] = as_text(raw[schema.id_column]).filter(keep)
-        row_hash = mix(row_hash * GOLDEN + hash_values(staged[schema.id_column], "categorical"))
     for spec in schema.resolved_columns():
         if spec.name in typed:
             staged[spec.name] = typed[spec.name].values.filter(keep)
-            row_hash = mix(row_hash * GOLDEN + hash_values(staged[spec.name], spec.type))
+    row_hash = hash_rows(staged, int(good.sum()))
     staged[schema.target] = target
     if len(row_hash):
         writer.write_table(pa.table(staged, schema=writer.schema))

@@ -13,7 +13,7 @@ QUARANTINE_FILE = "quarantine.csv"
 PROFILE_FILE = "profile.json"
 RECORD_FILE = "etl.json"
 TARGET_LABEL_COLUMN = "_target_label"
-STAGING_FILE = ".staging.parquet"  # pass 1's clean rows; deleted once the output is written
+STAGING_FILE = ".staging.arrow"  # pass 1's clean rows; deleted once the output is written
 
 
 class EtlError(RuntimeError):

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
 from mlpipeline.stages.etl.output import write_features
-from mlpipeline.stages.etl.pass_one import PassOne, read_pass_one, top_reasons
+from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
 from mlpipeline.stages.etl.profiling import profile_parquet
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
@@ -27,6 +28,7 @@ from mlpipeline.stages.etl.result import (
     EtlError,
     EtlResult,
 )
+from mlpipeline.stages.etl.staging import Staging
 from mlpipeline.stages.etl.target import TargetPlan, plan_target
 from mlpipeline.storage import DataLayout, atomic_directory, read_json, sha256_file
 
@@ -57,9 +59,10 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
-        fills = _impute_and_write(tmp, keep, plan, schema, present)
+        threads = _column_threads(config, len(keep))
+        fills = _impute_and_write(tmp, keep, plan, schema, present, threads)
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
-        _write_profile(tmp, schema, state, keep, fills, target)
+        _write_profile(tmp, schema, state, keep, fills, target, threads)
         if plan.positive_label is not None:
             schema = schema.model_copy(update={"positive_label": plan.positive_label})
         excluded = excluded or _not_features(state.columns, schema)
@@ -104,6 +107,7 @@ def _validate_and_stage(
 ) -> tuple[PassOne, set[str]]:
     """Pass 1; refuses a snapshot without columns or rows."""
     state, present = read_pass_one(raw_data_path, raw_format, config, tmp)
+    pa.default_memory_pool().release_unused()  # the chunks' memory, kept by the allocator for reuse: not needed now
     if not state.columns:
         raise EtlError(f"cannot read the raw snapshot {raw_data_path} as {raw_format}: no columns")
     if state.rows_in == 0:
@@ -151,7 +155,7 @@ def _refuse_mostly_missing_columns(config: PipelineConfig, state: PassOne) -> No
 
 def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetPlan) -> np.ndarray:
     """Keep-mask over the clean rows without duplicates; refuses fewer than ``min_rows`` kept rows."""
-    keep = first_occurrences(state, pq.ParquetFile(staging), config.dataset_schema.target, plan)
+    keep = first_occurrences(state, Staging(staging), config.dataset_schema.target, plan)
     state.hashes.clear()  # the largest per-row arrays: not needed any more
     rows_out = int(keep.sum())
     if rows_out < config.min_rows:
@@ -159,14 +163,21 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
     return keep
 
 
+def _column_threads(config: PipelineConfig, rows: int) -> int:
+    """Threads for the steps that work a whole column at a time: ``etl_threads`` while a column is no longer than
+    a chunk (the memory the chunk size allows), else one."""
+    return etl_threads(config) if rows <= config.etl_chunk_rows else 1
+
+
 def _impute_and_write(
-    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str]
+    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str], threads: int
 ) -> dict[str, Any]:
     """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
     staging_path = tmp / STAGING_FILE
-    fills = fill_values(pq.ParquetFile(staging_path), keep, schema, present)
+    fills = fill_values(Staging(staging_path), keep, schema, present, threads)
     write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
     staging_path.unlink()
+    pa.default_memory_pool().release_unused()
     return fills
 
 
@@ -191,9 +202,15 @@ def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict
 
 
 def _write_profile(
-    tmp: Path, schema: DatasetSchema, state: PassOne, keep: np.ndarray, fills: dict[str, Any], target: dict[str, Any]
+    tmp: Path,
+    schema: DatasetSchema,
+    state: PassOne,
+    keep: np.ndarray,
+    fills: dict[str, Any],
+    target: dict[str, Any],
+    threads: int,
 ) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"])
+    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"], threads)
     data_profile.update(
         task=target["task"],
         target=target,

@@ -95,11 +95,6 @@ class TargetPlan:
             return pa.array(numbers.astype(np.int64) if self.task == "multiclass" and self.integral else numbers)
         return text
 
-    @property
-    def hash_kind(self) -> str:
-        """How :func:`~mlpipeline.stages.etl.hashing.hash_values` hashes :meth:`values`."""
-        return "categorical" if self.task == "multiclass" and not self.as_numbers else "numeric"
-
 
 def plan_target(stats: TargetStats, task: str, schema: DatasetSchema) -> TargetPlan:
     """The task (``auto`` decided from ``stats``) and how to write the target; refuses a target that does not make
