@@ -44,12 +44,15 @@ def _stack_group(item: pytest.Item) -> str | None:
     return next((group for prefix, group in STACK_GROUPS.items() if path.startswith(prefix)), None)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as each test is collected: xdist reads the groups in its own collection_modifyitems hook.
+    group = _stack_group(item)
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     order = list(STACK_GROUPS.values())
-    for item in items:
-        group = _stack_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: order.index(group) if (group := _stack_group(item)) else len(order))
 
 
