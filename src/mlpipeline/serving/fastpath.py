@@ -95,42 +95,36 @@ def _check_one_hot(step: Any) -> None:
         raise NotCompilable("OneHotEncoder with sparse_output=True")
     if getattr(step, "_infrequent_enabled", False):
         raise NotCompilable("OneHotEncoder grouping infrequent categories")
-    if not all(isinstance(value, str) for categories in step.categories_ for value in categories):
-        raise NotCompilable("OneHotEncoder with non-text categories")
 
 
 def _compile_one_hot(step: Any) -> ColumnStep:
     _check_one_hot(step)
+    return _one_hot_encoder(step, step.dtype, fill_codes=None)
+
+
+def _compile_category_one_hot(step: Any) -> ColumnStep:
+    return _one_hot_encoder(step, np.float64, fill_codes=[int(code) for code in step.fill_codes_])
+
+
+def _one_hot_encoder(step: Any, dtype: Any, fill_codes: list[int] | None) -> ColumnStep:
+    """A dense one-hot over ``step.categories_`` (text), an unseen category all zeros. With ``fill_codes``
+    (CategoryOneHot, which imputes too) a missing value — NaN, as the schema makes it, or None — takes its column's
+    fill code (-1: the column had no category at fit time, all zeros); without (OneHotEncoder, after an imputer)
+    it is looked up like any value."""
+    if not all(isinstance(value, str) for categories in step.categories_ for value in categories):
+        raise NotCompilable(f"{type(step).__name__} with non-text categories")
     lookups = [{value: index for index, value in enumerate(categories)} for categories in step.categories_]
     offsets = np.cumsum([0] + [len(categories) for categories in step.categories_])
-    dtype = step.dtype
 
     def encode(block: np.ndarray) -> np.ndarray:
         out = np.zeros((block.shape[0], offsets[-1]), dtype=dtype)
         for column, lookup in enumerate(lookups):
             for row, value in enumerate(block[:, column]):
-                index = lookup.get(value)
-                if index is not None:  # unseen category: all zeros, as handle_unknown="ignore"
-                    out[row, offsets[column] + index] = 1
-        return out
-
-    return encode
-
-
-def _compile_category_one_hot(step: Any) -> ColumnStep:
-    if not all(isinstance(value, str) for categories in step.categories_ for value in categories):
-        raise NotCompilable("CategoryOneHot with non-text categories")
-    lookups = [{value: index for index, value in enumerate(categories)} for categories in step.categories_]
-    fill_codes = [int(code) for code in step.fill_codes_]
-    offsets = np.cumsum([0] + [len(categories) for categories in step.categories_])
-
-    def encode(block: np.ndarray) -> np.ndarray:
-        out = np.zeros((block.shape[0], offsets[-1]), dtype=np.float64)
-        for column, lookup in enumerate(lookups):
-            for row, value in enumerate(block[:, column]):
-                # Missing (NaN, as the schema makes it; None too): the most frequent category's code.
-                index = fill_codes[column] if value is None or value != value else lookup.get(value, -1)
-                if index >= 0:  # unseen category (or a column without any at fit time): all zeros
+                if fill_codes is not None and (value is None or value != value):
+                    index = fill_codes[column]
+                else:
+                    index = lookup.get(value, -1)
+                if index >= 0:
                     out[row, offsets[column] + index] = 1
         return out
 
