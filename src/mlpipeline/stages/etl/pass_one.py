@@ -98,9 +98,10 @@ def _pass_one(
     state = PassOne()
     writer: StagingWriter | None = None
     present: set[str] = set()
-    with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(etl_threads(config)) as pool:
+    threads = etl_threads(config)
+    with open(quarantine, "w", newline="", encoding="utf-8") as out, ThreadPoolExecutor(threads) as pool:
         try:
-            for chunk in read_ahead(chunks) if etl_threads(config) > 1 else chunks:
+            for chunk in read_ahead(chunks) if threads > 1 else chunks:
                 if writer is None:  # the first chunk fixes the columns
                     state.columns = chunk.column_names
                     check_columns(state.columns, schema)
