@@ -148,7 +148,7 @@ def insert_new(connection: Connection, table: Table, rows: list[dict]) -> None:
 def copy_new(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """:func:`insert_new` for PostgreSQL through ``COPY``: the rows stream into a temporary table, then one
     ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves them. Same result, a fraction of the client's CPU
-    (no per-row statement rendering): the model server's writer thread holds the GIL that long less."""
+    (no per-row statement rendering) in the prediction log's writer process."""
     if not rows:
         return
     names = [column.name for column in table.columns]

@@ -237,7 +237,8 @@ def test_a_database_down_at_start_delays_nothing_and_is_retried(reg: Registry, t
     with TestClient(app) as client:
         first = client.post("/predict", json={"rows": rows})
         assert first.status_code == 200 and "request_id" in first.json()
-        assert app.state.prediction_log.last_error is not None  # it tried, and says why it could not
+        # It tries (in its own process, started with the app) and says why it could not.
+        _wait_for(lambda: app.state.prediction_log.last_error is not None, 30, "the writer to report its error")
         directory.mkdir()
         _wait_for(lambda: _written(app) >= 1, 60, "the tables to be created and the first answer written")
         second = client.post("/predict", json={"rows": rows})

@@ -10,14 +10,14 @@ $MLPIPELINE_SERVING_TOKEN``; ``/predict``, ``/health`` (503 while no model is se
 
 With ``MLPIPELINE_PREDICTION_LOG_URL`` set, every ``/predict`` request (or the fraction
 ``MLPIPELINE_PREDICTION_LOG_SAMPLE``) is written to the prediction log (:mod:`mlpipeline.prediction_store`) by a
-background thread, off the request path, with the version that answered it; its answer carries ``request_id``, which
-``POST /feedback`` takes with the actual outcome.
+writer process (:mod:`mlpipeline.prediction_writer`), off the request path, with the version that answered it; its
+answer carries ``request_id``, which ``POST /feedback`` takes with the actual outcome.
 
 Modules: ``settings`` (environment/CLI settings), ``schema`` (input schema, request value conversion, InputError),
 ``guards`` (bearer-token dependency, body size limit, bounded error bodies), ``loading`` (load_model_version,
 LoadedModel), ``fastpath`` (the numpy fast path and its verification), ``state`` (ModelServer: polling, hot swap),
 ``metrics`` (Prometheus metrics, middleware), ``routes`` (endpoints), ``openapi`` (the /predict rows of the served
-model, its answers per task), ``prediction_log`` (the bounded queue and its writer thread), ``feedback`` (checking
+model, its answers per task), ``prediction_log`` (the bounded queue to the writer process), ``feedback`` (checking
 and storing outcomes), ``app`` (create_app, app_from_env), ``cli`` (main, ServerThread, serve_in_thread).
 
 ``/predict`` answers by the task of the served model (read from the model, not a tag): a classifier gives

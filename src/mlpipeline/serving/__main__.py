@@ -2,4 +2,5 @@
 
 from mlpipeline.serving.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: a spawned child process (the prediction log's writer) may import this module
+    raise SystemExit(main())

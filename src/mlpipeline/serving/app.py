@@ -5,7 +5,7 @@ bodies are capped before they are read, error bodies stay small; ``/predict``, `
 ``/metrics`` are open to whoever can reach the port, which is meant to be inside the network only.
 
 With a prediction log URL (``MLPIPELINE_PREDICTION_LOG_URL``) every ``/predict`` request, or the sampled fraction, is
-queued for the log's writer thread (started and flushed by the lifespan), and ``POST /feedback`` takes outcomes.
+queued for the log's writer process (started and flushed by the lifespan), and ``POST /feedback`` takes outcomes.
 
 Run it with ``uvicorn --factory mlpipeline.serving:app_from_env`` or ``python -m mlpipeline.serving --port 8000``.
 """

@@ -30,7 +30,7 @@ from mlpipeline.serving.schema import quoted
 MAX_FEEDBACK_ITEMS = 1000
 MAX_REQUEST_ID_CHARS = 64  # prediction_requests.request_id
 # Feedback may follow its prediction within milliseconds: an id not found yet waits this long for the writer.
-PENDING_WRITE_WAIT_SECONDS = 2.0
+PENDING_WRITE_WAIT_SECONDS = 5.0
 _ITEM_KEYS = frozenset({"request_id", "row", "actual"})
 
 
@@ -140,6 +140,7 @@ def check_and_store(log: PredictionLog, items: list[dict[str, Any]]) -> int:
     """Check every item against the logged prediction and store them all (or nothing); returns how many were
     stored (a repeated (request id, row) in one body counts once: the last one wins). Blocking: run it in a
     thread. Raises FeedbackError for invalid items, SQLAlchemyError when the log's database fails."""
+    log.ensure_tables()
     ids = sorted({item["request_id"] for item in items})
     logged = _logged_requests(log, ids)
     if len(logged) < len(ids):

@@ -1,42 +1,44 @@
-"""The prediction log's writer: what ``/predict`` answered (or refused), written to the prediction store off the
-request path.
+"""The prediction log: what ``/predict`` answered (or refused), written to the prediction store off the request
+path, by a writer in its own process.
 
 A request handler only appends one record to a bounded in-memory queue (:meth:`PredictionLog.submit`, a few
-microseconds, never a database call). One background thread drains it in batches (up to ``batch_records`` requests,
-or whatever is queued every ``flush_seconds``), one transaction per batch into ``prediction_requests`` and
-``predictions`` (:mod:`mlpipeline.prediction_store`; ``COPY`` on PostgreSQL). The queue is bounded in predicted
-rows (``capacity``; a refused request weighs one): when it is full a new record is dropped and counted, so a
-database that is down or slow costs log records, never memory or request latency. A failed batch is retried with
-backoff (the tables re-created first, in case the database was re-created), then dropped and counted. The tables are
-created when the writer starts, retried while the database is unreachable. On shutdown the writer drains the queue
-for a bounded time; whatever is left is counted as dropped.
+microseconds, never a database call). A sender thread hands the queue over in chunks (every ``SEND_SECONDS`` or
+``SEND_RECORDS`` records: one pickle and one pipe write per chunk) to the writer process
+(:mod:`mlpipeline.prediction_writer`), which batches, converts and writes them. Building database rows, JSON and
+``COPY`` data in the server's own process held its GIL for milliseconds per batch and showed in ``/predict``'s tail
+latency; in a process of its own it costs the server only the pickling.
 
-Counts (Prometheus, :class:`ServingMetrics`) are in requests: written, dropped; the queue depth is in rows.
+The queue is bounded in predicted rows (``capacity``; a refused request weighs one) counted from submission until
+the writer reports the record settled (written, or dropped after its retries): when it is full a new record is
+dropped and counted, so a database that is down or slow costs log records, never memory or request latency. A
+collector thread reads the writer's reports and keeps the counts (Prometheus, :class:`ServingMetrics`: written and
+dropped requests, queue depth in rows). A writer process that dies is started again (what it held is counted as
+dropped); one that outlives the server sees its pipe close and exits. On shutdown the writer drains the queue for a
+bounded time; whatever is left is counted as dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
-import math
+import os
+import pickle
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-
-from mlpipeline.prediction_store import (
-    copy_new,
-    create_tables,
-    engine_for,
-    insert_new,
-    prediction_requests,
-    predictions,
-)
-from mlpipeline.serving.guards import clip
+import mlpipeline
+from mlpipeline.prediction_store import create_tables, engine_for
+from mlpipeline.prediction_writer import HandedRecord, ModelRef, WriterSettings
 from mlpipeline.serving.loading import LoadedModel, Probabilities
 from mlpipeline.serving.metrics import ServingMetrics
 
@@ -44,17 +46,17 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 500
 FLUSH_SECONDS = 0.5
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
 BATCH_ATTEMPTS = 5  # then the batch is dropped (counted): newer records matter more than one stuck batch
-STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL: a hung database fails a batch instead of stalling the writer
-MAX_ERROR_CHARS = 300
+RESTART_BACKOFF_SECONDS = (1.0, 30.0)  # a writer that keeps dying is restarted less and less often
+SEND_RECORDS = 64  # the sender hands records over in chunks of about this many, or every SEND_SECONDS
+SEND_SECONDS = 0.05
+POLL_SECONDS = 0.2  # how often the collector looks at the writer process when it reports nothing
 
 
 @dataclass(slots=True)
 class LoggedRequest:
     """One ``/predict`` request as the log keeps it: references to what the handler already has, nothing copied
-    (the rows become database rows on the writer thread)."""
+    (they are pickled for the writer on the queue's feeder thread, off the request path)."""
 
     request_id: str
     served_at: float
@@ -71,9 +73,30 @@ class LoggedRequest:
     def weight(self) -> int:
         return max(1, self.row_count)
 
+    def handed(self) -> HandedRecord:
+        model = self.model
+        ref = None
+        if model is not None:
+            classes = model.class_values if model.task != "regression" else None
+            ref = ModelRef(model.name, model.version, model.task, classes)
+        return HandedRecord(
+            self.request_id,
+            self.served_at,
+            self.latency_ms,
+            self.status_code,
+            ref,
+            self.rows,
+            self.row_count,
+            self.predictions,
+            self.probabilities,
+            self.error,
+        )
+
 
 class PredictionLog:
-    """The bounded queue and its writer thread for one prediction store (``start`` it, ``close`` it)."""
+    """The bounded queue to one prediction store's writer process (``start`` it, ``close`` it).
+
+    ``engine`` is this process's own connection to the store, for readers and ``/feedback``."""
 
     def __init__(
         self,
@@ -90,18 +113,18 @@ class PredictionLog:
         self.metrics = metrics
         self.sample = sample
         self.capacity = capacity
-        self.batch_records = batch_records
-        self.flush_seconds = flush_seconds
-        self.batch_attempts = batch_attempts
+        self.writer_settings = WriterSettings(url, batch_records, flush_seconds, batch_attempts)
         self.last_error: str | None = None
-        self._queue: deque[LoggedRequest] = deque()
-        self._queued_rows = 0
+        self._tables_ready = False
+        self._pending: deque[LoggedRequest] = deque()  # submitted, not yet handed to the writer
+        self._queued_rows = 0  # submitted, not yet settled by the writer
         self._submitted = 0  # records accepted into the queue, ever
-        self._settled = 0  # of those, written or dropped by the writer (FIFO: all up to this count)
+        self._settled = 0  # of those, written or dropped (FIFO: all up to this count)
         self._cond = threading.Condition()
-        self._closing = threading.Event()
-        self._deadline = math.inf  # monotonic time after which a closing writer gives up
-        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._close_timeout = 0.0
+        self._writer: _WriterProcess | None = None
+        self._threads: list[threading.Thread] = []
         metrics.prediction_log_queue_depth.set_function(lambda: self._queued_rows)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -116,24 +139,32 @@ class PredictionLog:
         """Queue ``record`` for the writer; False (and counted as dropped) when the queue is full or closed."""
         weight = record.weight
         with self._cond:
-            if self._closing.is_set() or self._queued_rows + weight > self.capacity:
+            if self._writer is None or self._closing or self._queued_rows + weight > self.capacity:
                 self.metrics.prediction_log_dropped.inc()
                 return False
-            self._queue.append(record)
+            self._pending.append(record)
             self._queued_rows += weight
             self._submitted += 1
-            if len(self._queue) >= self.batch_records:
+            if len(self._pending) >= SEND_RECORDS:
                 self._cond.notify_all()
         return True
+
+    def ensure_tables(self) -> None:
+        """Create the store's tables from this process, once (blocking: readers call it from a worker thread). The
+        writer creates them too, from its own process, but it may not have got there yet."""
+        if not self._tables_ready:
+            create_tables(self.engine)
+            self._tables_ready = True
 
     def wait_until_written(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every record queued before this call is written or dropped."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._submitted
+            self._cond.notify_all()  # the sender hands them over now rather than at its next tick
             while self._settled < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._thread is None:
+                if remaining <= 0 or self._writer is None:
                     return False
                 self._cond.wait(remaining)
         return True
@@ -143,172 +174,184 @@ class PredictionLog:
     # ----------------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
-            self._thread.start()
+        if self._writer is not None:
+            return
+        with self._cond:
+            self._closing = False
+            self._writer = _WriterProcess.start(self.writer_settings)
+        self._threads = [
+            threading.Thread(target=self._send, name="prediction-log-sender", daemon=True),
+            threading.Thread(target=self._collect, name="prediction-log-collector", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking records, write what is queued within ``timeout`` s; count the rest as dropped."""
         with self._cond:
-            self._deadline = time.monotonic() + timeout
-            self._closing.set()
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout + 1.0)
+            self._closing = True
+            self._close_timeout = timeout
+            writer = self._writer
+            self._cond.notify_all()  # the sender hands over what is pending, then says close
+        if writer is not None:
+            writer.end(timeout + 1.0)
+        for thread in self._threads:
+            thread.join(timeout + 5.0)  # the collector drains the writer's last reports, then sees it gone
+        if writer is not None:
+            writer.release()
         with self._cond:
-            left = len(self._queue)
-            self._queue.clear()
-            self._queued_rows = 0
+            left = self._submitted - self._settled
             self._settled = self._submitted
+            self._queued_rows = 0
+            self._pending.clear()
+            self._writer = None
             self._cond.notify_all()
         if left:
             self.metrics.prediction_log_dropped.inc(left)
             log.warning("prediction log: %d request record(s) not written before shutdown", left)
-        self._thread = None
+        self._threads = []
         self.engine.dispose()
 
     # ----------------------------------------------------------------------------------------------------------
-    # The writer thread.
+    # The sender thread: pending records go to the writer in chunks, one pickle and one write per chunk.
     # ----------------------------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        # Tables first, so readers (/feedback, monitoring) find them even before traffic; while the database is
-        # unreachable this is retried with backoff, between batches, which keep being attempted (and dropped).
-        tables_ready = self._try_create_tables()
-        delay = FIRST_BACKOFF_SECONDS
-        next_try = time.monotonic() + delay
+    def _send(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            with self._cond:
+                if len(self._pending) < SEND_RECORDS and not self._closing:
+                    self._cond.wait(SEND_SECONDS)
+                writer, closing = self._writer, self._closing
+                if writer is None:
+                    return
+                chunk = [self._pending.popleft() for _ in range(len(self._pending))]
+                writer.weights.extend(record.weight for record in chunk)
+            if chunk or closing:
+                message = ([record.handed() for record in chunk], self._close_timeout if closing else None)
+                with contextlib.suppress(OSError):  # the writer died: the collector counts what it held
+                    writer.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            if closing:
                 return
-            if batch:
-                tables_ready = self._write_with_retry(batch, tables_ready)
-                with self._cond:
-                    self._settled += len(batch)
-                    self._cond.notify_all()
-            elif not tables_ready and time.monotonic() >= next_try:
-                tables_ready = self._try_create_tables()
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                next_try = time.monotonic() + delay
 
-    def _try_create_tables(self) -> bool:
-        try:
-            create_tables(self.engine)
-        except SQLAlchemyError as exc:
-            self._note_error(exc)
-            return False
-        return True
+    # ----------------------------------------------------------------------------------------------------------
+    # The collector thread: the writer's reports become counts; a writer that died is replaced.
+    # ----------------------------------------------------------------------------------------------------------
 
-    def _next_batch(self) -> list[LoggedRequest] | None:
-        """Up to ``batch_records`` records once that many are queued or ``flush_seconds`` passed ([] if none are);
-        None once closing and empty."""
+    def _collect(self) -> None:
+        restarts = 0
+        while True:
+            writer = self._writer
+            if writer is None:
+                return
+            report = writer.next_report(POLL_SECONDS)
+            if report is not None:
+                self._apply(writer, report)
+                restarts = 0 if "records" in report else restarts
+            elif not writer.alive():
+                if self._closing:
+                    return
+                restarts = self._replace(writer, restarts)
+
+    def _apply(self, writer: _WriterProcess, report: dict[str, Any]) -> None:
+        if "problem" in report:
+            self.last_error = report["problem"]
+            return
+        records = report["records"]
         with self._cond:
-            deadline = time.monotonic() + self.flush_seconds
-            while len(self._queue) < self.batch_records and not self._closing.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            if not self._queue:
-                return None if self._closing.is_set() else []
-            batch = [self._queue.popleft() for _ in range(min(self.batch_records, len(self._queue)))]
-            self._queued_rows -= sum(record.weight for record in batch)
-            return batch
+            for _ in range(records):
+                writer.weights.popleft()
+            self._settled += records
+            self._queued_rows -= report["rows"]
+            self._cond.notify_all()
+        counter = self.metrics.prediction_log_written if report["written"] else self.metrics.prediction_log_dropped
+        counter.inc(records)
+        if report["written"] and self.last_error is not None:
+            log.warning("prediction log: writing again after: %s", self.last_error)
+        self.last_error = report["error"]
 
-    def _write_with_retry(self, batch: list[LoggedRequest], tables_ready: bool) -> bool:
-        """Write one batch, retrying with backoff; returns whether the tables are known to exist."""
-        delay = FIRST_BACKOFF_SECONDS
-        for attempt in range(1, self.batch_attempts + 1):
-            try:
-                if not tables_ready:
-                    create_tables(self.engine)
-                    tables_ready = True
-                self._write(batch)
-            except SQLAlchemyError as exc:
-                # The database may be down, slow, or re-created without our tables: check them again next time.
-                tables_ready = False
-                self._note_error(exc)
-                if attempt == self.batch_attempts or self._past_deadline():
-                    break
-                self._closing.wait(delay)  # a shutdown cuts the wait short, not the attempts
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-            except Exception as exc:  # not the database's fault: retrying cannot help
-                self._note_error(exc)
-                break
-            else:
-                self.metrics.prediction_log_written.inc(len(batch))
-                if self.last_error is not None:
-                    log.warning("prediction log: writing again after: %s", self.last_error)
-                self.last_error = None
-                return tables_ready
-        self.metrics.prediction_log_dropped.inc(len(batch))
-        return tables_ready
-
-    def _past_deadline(self) -> bool:
-        return self._closing.is_set() and time.monotonic() >= self._deadline
-
-    def _note_error(self, exc: BaseException) -> None:
-        # The first line only: SQLAlchemy appends the statement and its (huge) parameters.
-        cause = getattr(exc, "orig", None) or exc
-        first_line = (str(cause).strip().splitlines() or [""])[0]
-        message = clip(f"{type(cause).__name__}: {first_line}", MAX_ERROR_CHARS)
-        if message != self.last_error:
-            log.warning("prediction log: cannot write (records are dropped while this lasts): %s", message)
-        self.last_error = message
-
-    def _write(self, batch: list[LoggedRequest]) -> None:
-        request_rows = [_request_row(record) for record in batch]
-        prediction_rows = [row for record in batch for row in _prediction_rows(record)]
-        with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-                copy_new(connection, prediction_requests, request_rows)
-                copy_new(connection, predictions, prediction_rows)
-            else:
-                insert_new(connection, prediction_requests, request_rows)
-                insert_new(connection, predictions, prediction_rows)
+    def _replace(self, dead: _WriterProcess, restarts: int) -> int:
+        """Start a new writer in place of ``dead``; what ``dead`` held (unsettled records) is counted as dropped."""
+        first, most = RESTART_BACKOFF_SECONDS
+        time.sleep(min(first * 2**restarts, most))
+        with self._cond:
+            if self._closing or self._writer is not dead:
+                return restarts
+            lost = len(dead.weights)
+            self._settled += lost
+            self._queued_rows -= sum(dead.weights)
+            self._writer = _WriterProcess.start(self.writer_settings)
+            self._cond.notify_all()
+        dead.end(0)
+        dead.release()
+        self.metrics.prediction_log_dropped.inc(lost)
+        self.last_error = f"the writer process exited with code {dead.process.returncode}; started a new one"
+        log.warning("prediction log: %s (%d record(s) it held are dropped)", self.last_error, lost)
+        return restarts + 1
 
 
-def _request_row(record: LoggedRequest) -> dict[str, Any]:
-    model = record.model
-    classifier = model is not None and model.task != "regression"
-    return {
-        "request_id": record.request_id,
-        "served_at": record.served_at,
-        "model_name": None if model is None else model.name,
-        "model_version": None if model is None else model.version,
-        "rows": record.row_count,
-        "latency_ms": record.latency_ms,
-        "status_code": record.status_code,
-        "error": record.error,
-        "task": None if model is None else model.task,
-        "classes": model.class_values if classifier else None,
-    }
+@dataclass
+class _WriterProcess:
+    """One writer process, the pipe that feeds it and the pipe it reports on."""
+
+    process: subprocess.Popen[bytes]
+    inbox: Connection  # records to the writer
+    reports: Connection  # its reports back
+    weights: deque[int]  # of the records handed to this writer and not yet settled, in order
+
+    @classmethod
+    def start(cls, settings: WriterSettings) -> _WriterProcess:
+        records_read, records_write = os.pipe()
+        reports_read, reports_write = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlpipeline.prediction_writer", str(records_read), str(reports_write)],
+                pass_fds=(records_read, reports_write),
+                stdin=subprocess.DEVNULL,
+                env=_child_environment(),
+            )
+        except BaseException:
+            os.close(records_write)
+            os.close(reports_read)
+            raise
+        finally:
+            # The writer's ends: with them closed here, a dead writer means a broken pipe, not a blocked write.
+            os.close(records_read)
+            os.close(reports_write)
+        inbox = Connection(records_write, readable=False)
+        inbox.send_bytes(json.dumps(dataclasses.asdict(settings)).encode())  # the URL may hold a password: not argv
+        return cls(process, inbox, Connection(reports_read, writable=False), deque())
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def next_report(self, timeout: float) -> dict[str, Any] | None:
+        """The writer's next report, if one comes within ``timeout`` s (None: none came, or the writer is gone)."""
+        try:
+            if self.reports.poll(timeout):
+                return json.loads(self.reports.recv_bytes())
+        except (EOFError, OSError):  # the writer exited: give it a moment to be reaped, so alive() says so
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        return None
+
+    def end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the process to finish, then kill it (it ignores SIGTERM: see its main)."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def release(self) -> None:
+        """Close both pipes (once no thread here uses them)."""
+        self.inbox.close()
+        self.reports.close()
 
 
-def _prediction_rows(record: LoggedRequest) -> list[dict[str, Any]]:
-    model = record.model
-    if model is None or record.rows is None or record.predictions is None:
-        return []
-    probabilities = record.probabilities
-    return [
-        {
-            "request_id": record.request_id,
-            "row_index": index,
-            "served_at": record.served_at,
-            "model_name": model.name,
-            "model_version": model.version,
-            "features": _json_safe(row),
-            "prediction": prediction,
-            "probabilities": None if probabilities is None else probabilities[index],
-        }
-        for index, (row, prediction) in enumerate(zip(record.rows, record.predictions, strict=True))
-    ]
-
-
-def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as sent, except NaN (which Python's JSON reader accepts and the model takes as missing) as null:
-    PostgreSQL's json type refuses NaN."""
-    if any(isinstance(value, float) and value != value for value in row.values()):
-        return {key: (None if isinstance(value, float) and value != value else value) for key, value in row.items()}
-    return row
+def _child_environment() -> dict[str, str]:
+    """This environment, with the directory mlpipeline was imported from first on the writer's PYTHONPATH (the
+    server may have found it through sys.path changes that a new interpreter would not make)."""
+    source = str(Path(mlpipeline.__file__).resolve().parent.parent)
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environment.get("PYTHONPATH")]))
+    return environment
