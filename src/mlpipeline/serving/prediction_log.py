@@ -281,8 +281,7 @@ class PredictionLog:
             self._queued_rows -= sum(dead.weights)
             self._writer = _WriterProcess.start(self.writer_settings)
             self._cond.notify_all()
-        dead.end(0)
-        dead.release()
+        dead.end(0)  # reaped; its pipes close with the last reference (the sender may still hold one)
         self.metrics.prediction_log_dropped.inc(lost)
         self.last_error = f"the writer process exited with code {dead.process.returncode}; started a new one"
         log.warning("prediction log: %s (%d record(s) it held are dropped)", self.last_error, lost)
