@@ -78,6 +78,15 @@ def _kept_values(staging: Staging, keep: np.ndarray, name: str, dtype: str) -> n
     return kept
 
 
+def kept_column(staging: Staging, keep: np.ndarray, name: str) -> pa.ChunkedArray:
+    """The kept rows' values of a staged column as staged, a batch at a time."""
+    batches = [
+        staging.read_row_group(group, columns=[name]).column(0).filter(pa.array(keep[start:end]))
+        for group, start, end in row_groups(staging)
+    ]
+    return pa.chunked_array([chunk for batch in batches for chunk in batch.chunks], staging.schema.field(name).type)
+
+
 def _fill_for_absent(spec: ColumnSpec) -> Any:
     """An optional column the source lacks is all missing: the fill for an empty column."""
     return {"numeric": 0.0, "integer": 0.0, "categorical": "missing", "boolean": False}.get(spec.type)
