@@ -59,7 +59,13 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
         fills, data_profile = write_output_and_profile(
-            tmp, keep, plan, schema, present, etl_threads(config), _column_threads(config, len(keep))
+            tmp,
+            keep,
+            plan,
+            schema,
+            present,
+            etl_threads(config),
+            _column_threads(config, len(keep), len(state.columns)),
         )
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
         _write_profile(tmp, data_profile, state, keep, fills, target)
@@ -163,10 +169,11 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
     return keep
 
 
-def _column_threads(config: PipelineConfig, rows: int) -> int:
-    """Threads for the fills, which work a whole column at a time: ``etl_threads`` while a column is no longer than
-    a chunk (the memory the chunk size allows), else one."""
-    return etl_threads(config) if rows <= config.etl_chunk_rows else 1
+def _column_threads(config: PipelineConfig, rows: int, columns: int) -> int:
+    """Threads for the fills, which work a whole column at a time: ``etl_threads`` while those columns together
+    hold no more values than a chunk of pass 1 did (the memory the chunk size allows), else one."""
+    threads = etl_threads(config)
+    return threads if threads * rows <= config.etl_chunk_rows * max(columns, 1) else 1
 
 
 def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict[str, Any], list[Any]]:
