@@ -23,12 +23,18 @@ def first_occurrences(state: PassOne, staging: Staging, target: str, plan: Targe
     """Keep-mask over the clean rows: the first of each group of identical rows, the target's value included (as
     the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
-    target_hashes = [
-        hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
-        for group in range(staging.num_row_groups)
-    ]
-    if target_hashes:
-        hashes = mix(hashes * GOLDEN + np.concatenate(target_hashes))
+    state.hashes.clear()  # the per-chunk copies: the largest arrays held here besides the hash table below
+    if staging.num_row_groups:
+        target_hashes = np.concatenate(
+            [
+                hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
+                for group in range(staging.num_row_groups)
+            ]
+        )
+        hashes *= GOLDEN
+        hashes += target_hashes
+        del target_hashes
+        hashes = mix(hashes)
     return ~pd.Series(hashes, copy=False).duplicated(keep="first").to_numpy()
 
 

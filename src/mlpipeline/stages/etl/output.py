@@ -51,7 +51,9 @@ def _output_table(
     return pa.table(columns)
 
 
-def output_values(spec: ColumnSpec, staged: pa.Array | None, rows: int, fills: dict[str, Any]) -> pa.Array:
+def output_values(
+    spec: ColumnSpec, staged: pa.Array | pa.ChunkedArray | None, rows: int, fills: dict[str, Any]
+) -> pa.Array:
     """A declared column's output values from its kept staged values (None: the source lacks the column)."""
     if staged is None and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
         return pa.nulls(rows, pa.float64())

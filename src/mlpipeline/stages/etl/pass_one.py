@@ -144,24 +144,36 @@ def _chunk_pass_one(
     columns = pool.map(lambda spec: coerce_column(raw[spec.name], spec), specs)
     typed = dict(zip([spec.name for spec in specs], columns, strict=True))
     too_long, (target, numbers) = lengths.result(), target_job.result()
-    bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
+    checked = [too_long, target, *typed.values()]
+    bad = np.stack([c.codes for c in checked]).any(axis=0)
+    # The bad rows go to the quarantine on a pool thread while this one stages the clean rows (with one thread,
+    # one after the other); each updates its own fields of the state.
+    quarantined = pool.submit(_quarantine_bad_rows, chunk, checked, bad, start, out, state, config)
+    if etl_threads(config) == 1:
+        quarantined.result()
     good = ~bad
     for name, column in typed.items():
         state.missing_counts[name] = state.missing_counts.get(name, 0) + int((missing(column) & good).sum())
     clean_target = target.values.filter(pa.array(good))
     state.hashes.append(_stage_clean_rows(raw, typed, good, schema, clean_target, writer))
     state.target.add(clean_target, numbers[good])
+    quarantined.result()
 
 
 def _quarantine_bad_rows(
-    chunk: pa.Table, checked: list[Typed], start: int, out: TextIO, state: PassOne, config: PipelineConfig
-) -> np.ndarray:
-    """Append the chunk's bad rows with their reason to the quarantine (up to ``max_quarantine_rows`` in all; the
-    rest are counted); returns which rows are bad."""
-    codes = np.stack([c.codes for c in checked])
-    bad = codes.any(axis=0)
+    chunk: pa.Table,
+    checked: list[Typed],
+    bad: np.ndarray,
+    start: int,
+    out: TextIO,
+    state: PassOne,
+    config: PipelineConfig,
+) -> None:
+    """Append the chunk's ``bad`` rows with their reason to the quarantine (up to ``max_quarantine_rows`` in all;
+    the rest are counted)."""
     if not bad.any():
-        return bad
+        return
+    codes = np.stack([c.codes for c in checked])
     # A row's reason is the first failing check's (lengths, then the target, then the columns in order): number
     # all reasons of the chunk globally.
     first = np.argmax(codes[:, bad] != 0, axis=0)
@@ -177,7 +189,6 @@ def _quarantine_bad_rows(
         state.rows_quarantine_written += len(rows)
     state.rows_bad += int(bad.sum())
     _merge_counts(state.reason_counts, _first_seen_counts(reasons))
-    return bad
 
 
 def _cut_long_values(rows: pa.Table) -> pa.Table:

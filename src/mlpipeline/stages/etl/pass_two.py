@@ -1,8 +1,8 @@
 """Pass 2 and the data profile: the fills, then ``features.parquet`` from the staged batches; the profile without
 reading the output back. The counted columns' statistics (text, booleans, labels) add up batch by batch as the
 batches are written; the columns pandas describes whole (numbers, dates) are rebuilt from the kept staged values,
-one at a time, on a second thread while the Parquet file is written (both hold about what they held one after the
-other: a whole column there, a row group here)."""
+one at a time, on a second thread while the Parquet file is written when whole columns side by side fit in the
+memory a chunk took (else after it)."""
 
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ def write_output_and_profile(
     plan: TargetPlan,
     schema: DatasetSchema,
     present: set[str],
-    threads: int,
     column_threads: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pass 2 (``features.parquet`` from the staged rows) and the profile's columns; returns the fill of each
-    column that had gaps and the profile (``rows`` and ``columns``). ``threads`` > 1: the whole columns are
-    described while the output is written; ``column_threads``: the fills' columns side by side."""
+    column that had gaps and the profile (``rows`` and ``columns``). ``column_threads``: how many whole columns
+    may be worked on side by side (the fills'; more than one: the profile's whole columns are described while the
+    output is written)."""
     staging_path = tmp / STAGING_FILE
     staging = Staging(staging_path)
     fills = fill_values(staging, keep, schema, present, column_threads)
@@ -63,7 +63,7 @@ def write_output_and_profile(
         return _whole_column_stats(staging, keep, plan, schema, present, fills)
 
     with ThreadPoolExecutor(1, thread_name_prefix="etl-profile") as describer:
-        described = describer.submit(describe) if threads > 1 else None
+        described = describer.submit(describe) if column_threads > 1 else None
         rows = write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills, counted.add)
         whole = described.result() if described is not None else describe()
     staging_path.unlink()
@@ -90,7 +90,7 @@ def _whole_column_stats(
     for spec in schema.resolved_columns():
         if spec.type not in ("numeric", "integer", "date"):
             continue  # text and booleans are counted
-        staged = kept_column(staging, keep, spec.name).combine_chunks() if spec.name in present else None
+        staged = kept_column(staging, keep, spec.name) if spec.name in present else None
         values = output_values(spec, staged, rows, fills)
         del staged
         stats[spec.name] = column_stats(values, spec.name, schema, task)

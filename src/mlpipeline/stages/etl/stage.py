@@ -64,7 +64,6 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
             plan,
             schema,
             present,
-            etl_threads(config),
             _column_threads(config, len(keep), len(state.columns)),
         )
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
@@ -170,8 +169,9 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
 
 
 def _column_threads(config: PipelineConfig, rows: int, columns: int) -> int:
-    """Threads for the fills, which work a whole column at a time: ``etl_threads`` while those columns together
-    hold no more values than a chunk of pass 1 did (the memory the chunk size allows), else one."""
+    """Threads for the steps that work a whole column at a time (the fills, the profile): ``etl_threads`` while
+    those columns together hold no more values than a chunk of pass 1 did (the memory the chunk size allows), else
+    one."""
     threads = etl_threads(config)
     return threads if threads * rows <= config.etl_chunk_rows * max(columns, 1) else 1
 
