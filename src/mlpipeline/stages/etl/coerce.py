@@ -17,7 +17,7 @@ from mlpipeline.stages.etl.result import EtlError
 
 # Blank-ish values sources use for "nothing"; they count as missing after stripping.
 # "?" is how several classic public datasets (UCI's auto-mpg, adult, ...) write a missing value.
-_MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>", "?"])
+MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>", "?"])
 # What Python's str.strip() removes (every character whose isspace() is true); a test checks the list.
 PYTHON_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
@@ -44,10 +44,20 @@ STAGED_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def as_text(column: pa.Array) -> pa.Array:
-    """Raw values as stripped strings, with blanks as missing (sources disagree on how to say 'nothing')."""
+def as_text(column: pa.Array, tokens_are_missing: bool = False) -> pa.Array:
+    """Raw values as stripped strings, with blanks as missing (sources disagree on how to say 'nothing').
+
+    ``tokens_are_missing``: the reader already read every value that is one of ``MISSING_TOKENS`` as missing (the
+    Arrow CSV reader does); then, when stripping changed no value, no value is a token and the check is skipped.
+    """
     text = pc.utf8_trim(column, characters=PYTHON_WHITESPACE)
-    return pc.if_else(pc.is_in(text, value_set=_MISSING_TOKENS), pa.scalar(None, pa.string()), text)
+    if tokens_are_missing and _total_bytes(text) == _total_bytes(column):
+        return text
+    return pc.if_else(pc.is_in(text, value_set=MISSING_TOKENS), pa.scalar(None, pa.string()), text)
+
+
+def _total_bytes(text: pa.Array) -> int:
+    return pc.sum(pc.binary_length(text)).as_py() or 0
 
 
 def mask(condition: pa.Array) -> np.ndarray:
@@ -135,8 +145,10 @@ def flag(codes: np.ndarray, reasons: list[str], where: np.ndarray, reason: str) 
     codes[where & (codes == 0)] = len(reasons)
 
 
-def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
-    text = as_text(raw)
+def coerce_column(raw: pa.Array, spec: ColumnSpec, tokens_are_missing: bool = False) -> Typed:
+    """``raw`` typed as ``spec`` declares, with a reason code per bad row (``tokens_are_missing``: see
+    :func:`as_text`)."""
+    text = as_text(raw, tokens_are_missing)
     present = text.is_valid().to_numpy(zero_copy_only=False)
     codes = np.zeros(len(text), dtype=np.uint8)
     reasons: list[str] = []
