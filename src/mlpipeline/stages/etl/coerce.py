@@ -34,6 +34,7 @@ _DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9]  # the byte positions of YYYY-MM-DD's di
 _ZONED_TIME = r"[T ][0-9].*([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _FAST_DATE_YEARS = (1678, 2261)  # inside datetime64[ns]; other years go to pandas
 _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_NS_PER_DAY = 86_400 * 10**9
 # The Arrow type each declared column type is coerced to (and staged as between the passes).
 STAGED_TYPES: dict[str, pa.DataType] = {
     "numeric": pa.float64(),
@@ -96,6 +97,16 @@ def _plain_dates(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return rows[shaped], digits[shaped]
 
 
+def _days_since_1970(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days from 1970-01-01 of valid proleptic Gregorian dates (H. Hinnant's days_from_civil, for years > 0)."""
+    year = year - (month <= 2)
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return (era * 146097 + day_of_era - 719468).astype(np.int64)
+
+
 def _parse_dates(text: pa.Array) -> np.ndarray:
     """``pd.to_datetime(text, errors="coerce", format="ISO8601")`` as naive datetime64[ns]; plain
     ``YYYY-MM-DD`` dates are decoded with numpy, everything else by pandas."""
@@ -111,10 +122,8 @@ def _parse_dates(text: pa.Array) -> np.ndarray:
         month_days = _DAYS_IN_MONTH[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
         valid = (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
         valid &= (year >= _FAST_DATE_YEARS[0]) & (year <= _FAST_DATE_YEARS[1])
-        rows, year, month, day = rows[valid], year[valid], month[valid], day[valid]  # impossible: pandas decides
-        months = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
-        dates = months.astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
-        values[rows] = dates
+        rows = rows[valid]  # impossible dates: pandas decides (it says NaT)
+        values.view(np.int64)[rows] = _days_since_1970(year[valid], month[valid], day[valid]) * _NS_PER_DAY
         fast[rows] = True
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
     if slow.any():
