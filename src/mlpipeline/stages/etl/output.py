@@ -23,7 +23,7 @@ from mlpipeline.stages.etl.target import TargetPlan
 
 # The Arrow kernel of each of mlpipeline.features.DATE_PARTS (pandas' .dt accessors of the same names).
 _ARROW_DATE_PARTS = {"year": pc.year, "month": pc.month, "dayofweek": pc.day_of_week, "dayofyear": pc.day_of_year}
-_OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
+OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
 
 
 def _output_table(
@@ -107,7 +107,7 @@ def write_features(
     fills: dict[str, Any],
     on_table: Callable[[pa.Table], None] = lambda table: None,
 ) -> int:
-    """Write the output in row groups of ``_OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
+    """Write the output in row groups of ``OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
     bytes (and so ``data_sha256``) do not depend on the chunk size; ``on_table`` sees each staged batch's output
     rows first. Returns the rows written."""
     staging = Staging(staging_path)
@@ -130,8 +130,8 @@ def write_features(
         same_metadata = (
             table.replace_schema_metadata(file_schema.metadata) for table in itertools.chain([first], tables)
         )
-        for group in rechunk(_seen(same_metadata, on_table), _OUTPUT_ROW_GROUP):
-            writer.write_table(group, row_group_size=_OUTPUT_ROW_GROUP)
+        for group in rechunk(_seen(same_metadata, on_table), OUTPUT_ROW_GROUP):
+            writer.write_table(group, row_group_size=OUTPUT_ROW_GROUP)
             rows_out += group.num_rows
     return rows_out
 

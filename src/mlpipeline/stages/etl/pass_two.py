@@ -1,19 +1,20 @@
 """Pass 2 and the data profile: the fills, then ``features.parquet`` from the staged batches; the profile without
 reading the output back. The counted columns' statistics (text, booleans, labels) add up batch by batch as the
 batches are written; the columns pandas describes whole (numbers, dates) are rebuilt from the kept staged values,
-one at a time, on a second thread while the Parquet file is written when whole columns side by side fit in the
-memory a chunk took (else after it)."""
+on a second thread while the Parquet file is written when that fits in the memory a chunk took, else after it
+(several side by side when they fit in what the output's row group took)."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mlpipeline.config import DatasetSchema
+from mlpipeline.config import ColumnSpec, DatasetSchema
 from mlpipeline.features import DATE_PARTS, date_part_columns
 from mlpipeline.stages.etl.dataset import fill_values, kept_column
 from mlpipeline.stages.etl.output import date_part, output_values, write_features
@@ -42,30 +43,36 @@ class _Counted:
             stats.add(table.column(name))
 
 
+@dataclass(frozen=True)
+class WholeColumnThreads:
+    """How the steps that hold whole columns (the fills, the profile's numbers and dates) use the threads."""
+
+    side_by_side: int  # whole columns worked on at once
+    during_write: bool  # the profile's whole columns described (one at a time) while the output is written
+
+
 def write_output_and_profile(
     tmp: Path,
     keep: np.ndarray,
     plan: TargetPlan,
     schema: DatasetSchema,
     present: set[str],
-    column_threads: int,
+    threads: WholeColumnThreads,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pass 2 (``features.parquet`` from the staged rows) and the profile's columns; returns the fill of each
-    column that had gaps and the profile (``rows`` and ``columns``). ``column_threads``: how many whole columns
-    may be worked on side by side (the fills'; more than one: the profile's whole columns are described while the
-    output is written)."""
+    column that had gaps and the profile (``rows`` and ``columns``)."""
     staging_path = tmp / STAGING_FILE
     staging = Staging(staging_path)
-    fills = fill_values(staging, keep, schema, present, column_threads)
+    fills = fill_values(staging, keep, schema, present, threads.side_by_side)
     counted = _Counted(schema, plan.task)
 
-    def describe() -> dict[str, dict[str, Any]]:
-        return _whole_column_stats(staging, keep, plan, schema, present, fills)
+    def describe(side_by_side: int) -> dict[str, dict[str, Any]]:
+        return _whole_column_stats(staging, keep, plan, schema, present, fills, side_by_side)
 
     with ThreadPoolExecutor(1, thread_name_prefix="etl-profile") as describer:
-        described = describer.submit(describe) if column_threads > 1 else None
+        described = describer.submit(describe, 1) if threads.during_write else None
         rows = write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills, counted.add)
-        whole = described.result() if described is not None else describe()
+        whole = described.result() if described is not None else describe(threads.side_by_side)
     staging_path.unlink()
     pa.default_memory_pool().release_unused()
     columns = {
@@ -82,23 +89,27 @@ def _whole_column_stats(
     schema: DatasetSchema,
     present: set[str],
     fills: dict[str, Any],
+    side_by_side: int,
 ) -> dict[str, dict[str, Any]]:
-    """The profile of every output column that is not counted, each built whole (one at a time, plus a date's
-    parts while its dates are held) from the kept staged values exactly as pass 2 builds it."""
+    """The profile of every output column that is not counted, each built whole from the kept staged values
+    exactly as pass 2 builds it; ``side_by_side`` declared columns at a time (each with its date parts)."""
     rows, task = int(keep.sum()), plan.task
-    stats: dict[str, dict[str, Any]] = {}
-    for spec in schema.resolved_columns():
-        if spec.type not in ("numeric", "integer", "date"):
-            continue  # text and booleans are counted
+
+    def declared(spec: ColumnSpec) -> dict[str, dict[str, Any]]:
         staged = kept_column(staging, keep, spec.name) if spec.name in present else None
         values = output_values(spec, staged, rows, fills)
         del staged
-        stats[spec.name] = column_stats(values, spec.name, schema, task)
+        stats = {spec.name: column_stats(values, spec.name, schema, task)}
         if spec.type == "date":
             for name, part in zip(date_part_columns(spec.name), DATE_PARTS, strict=True):
                 stats[name] = column_stats(date_part(values, part), name, schema, task)
+        return stats
+
+    specs = [spec for spec in schema.resolved_columns() if spec.type in ("numeric", "integer", "date")]
+    with ThreadPoolExecutor(side_by_side, thread_name_prefix="etl-describe") as pool:
+        found = {name: stats for part in pool.map(declared, specs) for name, stats in part.items()}
     if task == "regression":  # a quantity: described whole (a class label is counted)
         targets = kept_column(staging, keep, schema.target).chunks
         values = pa.chunked_array([plan.values(chunk) for chunk in targets], pa.float64())
-        stats[schema.target] = column_stats(values, schema.target, schema, task)
-    return stats
+        found[schema.target] = column_stats(values, schema.target, schema, task)
+    return found

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
 from mlpipeline.stages.etl.dataset import first_occurrences
+from mlpipeline.stages.etl.output import OUTPUT_ROW_GROUP
 from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
-from mlpipeline.stages.etl.pass_two import write_output_and_profile
+from mlpipeline.stages.etl.pass_two import WholeColumnThreads, write_output_and_profile
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
     PROFILE_FILE,
@@ -64,7 +65,7 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
             plan,
             schema,
             present,
-            _column_threads(config, len(keep), len(state.columns)),
+            _whole_column_threads(config, len(keep), len(state.columns)),
         )
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
         _write_profile(tmp, data_profile, state, keep, fills, target)
@@ -168,12 +169,14 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
     return keep
 
 
-def _column_threads(config: PipelineConfig, rows: int, columns: int) -> int:
-    """Threads for the steps that work a whole column at a time (the fills, the profile): ``etl_threads`` while
-    those columns together hold no more values than a chunk of pass 1 did (the memory the chunk size allows), else
-    one."""
+def _whole_column_threads(config: PipelineConfig, rows: int, columns: int) -> WholeColumnThreads:
+    """How the steps that hold whole columns use ``etl_threads``: as many columns side by side as hold no more
+    values than a pass-1 chunk or an output row group did (the memory those sizes allow); the profile described
+    during the output's write only while that fits in what a chunk held."""
     threads = etl_threads(config)
-    return threads if threads * rows <= config.etl_chunk_rows * max(columns, 1) else 1
+    held = threads * rows
+    side_by_side = threads if held <= max(config.etl_chunk_rows, OUTPUT_ROW_GROUP) * max(columns, 1) else 1
+    return WholeColumnThreads(side_by_side, threads > 1 and held <= config.etl_chunk_rows * max(columns, 1))
 
 
 def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict[str, Any], list[Any]]:
