@@ -58,3 +58,23 @@ def test_question_marks_are_missing_and_dates_may_mix_time_zones() -> None:
     dates = coerce_column(stamps, ColumnSpec(name="at", type="date"))
     assert (dates.codes == 0).all()
     assert len({str(value) for value in dates.values.to_pylist()}) == 1  # all three are 10:00 UTC
+
+
+def test_the_csv_reader_reads_every_missing_token_as_missing() -> None:
+    """as_text skips the token check for the Arrow CSV reader's chunks: that reader must null every token."""
+    from mlpipeline.stages.etl.coerce import MISSING_TOKENS
+    from mlpipeline.stages.etl.reading import _PANDAS_NA_STRINGS
+
+    assert set(MISSING_TOKENS.to_pylist()) <= set(_PANDAS_NA_STRINGS)
+
+
+def test_as_text_skips_the_token_check_only_when_nothing_was_stripped() -> None:
+    import pyarrow as pa
+
+    from mlpipeline.stages.etl.coerce import as_text
+
+    read_as_missing = pa.array(["a", None, "b"])  # a token read as missing by the reader
+    assert as_text(read_as_missing, tokens_are_missing=True).to_pylist() == ["a", None, "b"]
+    padded = pa.array([" NA ", "a", "\u3000?"])  # tokens once stripped: still missing
+    assert as_text(padded, tokens_are_missing=True).to_pylist() == [None, "a", None]
+    assert as_text(padded).to_pylist() == [None, "a", None]

@@ -9,10 +9,11 @@ processed in chunks of ``config.etl_chunk_rows`` rows, so memory stays bounded a
 row are kept: 64-bit row hashes), using ``config.etl_threads`` threads (0: one per core):
 
 1. Pass 1 over the raw chunks (:mod:`.reading`, :mod:`.coerce`, :mod:`.hashing`, :mod:`.pass_one`), the next chunk
-   read while the current one is typed: type every column (Arrow compute kernels, the columns side by side, with
-   pandas for the rare values the fast paths do not cover), append bad rows with their reason to
-   ``quarantine.csv``, write the clean rows (the target as text) to the staging file (:mod:`.staging`, Arrow IPC),
-   hash each clean row (polars) and count the target's values.
+   read while the current one is typed: type every column (the columns side by side: Arrow compute kernels, polars
+   for plain decimals, numpy on the bytes for plain dates, pandas for the rare values the fast paths do not cover),
+   append bad rows with their reason to ``quarantine.csv`` (on a pool thread while the clean rows are staged),
+   write the clean rows (the target as text) to the staging file (:mod:`.staging`, Arrow IPC), hash each clean row
+   (polars) and count the target's values.
 2. The task (:mod:`.target`): ``task``, or for ``auto`` decided by :func:`mlpipeline.tasks.decide_task` from the
    clean target values; binary targets become 0/1 (1 = ``positive_label``, or when unset a 1 / true / yes label,
    else the rarer class), multiclass targets keep their labels (int64 if all whole numbers, float64 if numbers,
@@ -20,11 +21,14 @@ row are kept: 64-bit row hashes), using ``config.etl_threads`` threads (0: one p
 3. Dedupe over the whole dataset (:mod:`.dataset`): a row is kept if no earlier clean row has the same hash (the
    target's value as the task writes it included).
 4. Imputation statistics over the whole deduplicated dataset, one staged column at a time per thread (several
-   threads only while a column is no longer than a chunk) (:mod:`.dataset`).
-5. Pass 2 over the staged batches (:mod:`.output`): drop duplicates, impute, final types, date parts ->
-   ``features.parquet``.
-6. The profile, one output column at a time per thread, as in step 4 (:mod:`.profiling`), with the task and the
-   class counts (or the target's range).
+   threads only while those whole columns hold no more values than a chunk or an output row group did)
+   (:mod:`.dataset`).
+5. Pass 2 over the staged batches (:mod:`.pass_two`, :mod:`.output`): drop duplicates, impute, final types, date
+   parts -> ``features.parquet``.
+6. The profile (:mod:`.pass_two`, :mod:`.profiling`), without reading the output back: text, booleans and labels
+   counted from pass 2's batches; numbers and dates described whole, rebuilt from the kept staged values (during
+   the write while that fits in a chunk's values, else after it, columns side by side as in step 4); with the
+   task and the class counts (or the target's range).
 
 :mod:`.stage` runs these steps. The result depends on neither the chunk size nor the threads
 (``tests/stages/etl/test_identical_outputs.py`` holds it to golden outputs).
@@ -32,7 +36,8 @@ row are kept: 64-bit row hashes), using ``config.etl_threads`` threads (0: one p
 The engine, measured on this workload (issue 14): polars' string expressions (trim, missing tokens, regex checks,
 casts) typed a 250,000-row chunk 2-4x slower than the same Arrow kernels, and DuckDB's whole cleaning was within
 10 % of polars'; so typing stays on Arrow's kernels, run in parallel, and polars does what it is clearly faster at
-here: hashing rows (0.2 s instead of 0.8 s per million rows, profiled).
+here: hashing rows (0.2 s instead of 0.8 s per million rows, profiled), and matching and parsing plain decimals
+(its regex and float parser about twice as fast as Arrow's per column).
 
 Refused with a clear, non-retryable :class:`EtlError` (nothing is written under ``processed/<run>/``): a header
 naming a column twice; a schema that cannot be inferred; more than ``max_bad_row_fraction`` bad rows (the

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -16,22 +17,24 @@ from mlpipeline.stages.etl.result import EtlError
 
 # Blank-ish values sources use for "nothing"; they count as missing after stripping.
 # "?" is how several classic public datasets (UCI's auto-mpg, adult, ...) write a missing value.
-_MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>", "?"])
+MISSING_TOKENS = pa.array(["", "nan", "NaN", "None", "null", "NULL", "NA", "<NA>", "?"])
 # What Python's str.strip() removes (every character whose isspace() is true); a test checks the list.
 PYTHON_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
     "\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-# Texts both Arrow and pandas turn into the same float: plain decimals of at most 15 digits are parsed exactly
+# Texts both polars and pandas turn into the same float: plain decimals of at most 15 digits are parsed exactly
 # (one correctly rounded operation) by both; anything else goes to pandas.to_numeric.
 _FAST_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
-_FAST_NUMBER_MAX_CHARS = 15
-_FAST_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_FAST_NUMBER_MAX_CHARS = 15  # bytes: a text that matches is ASCII
+_TEXT = pl.col("text")
+_DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9]  # the byte positions of YYYY-MM-DD's digits
 # A time with a zone (Z, +HH, +HHMM, +HH:MM). pandas parses a naive time that follows a zoned one in the same call
 # in that zone, so the two kinds are parsed apart.
 _ZONED_TIME = r"[T ][0-9].*([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _FAST_DATE_YEARS = (1678, 2261)  # inside datetime64[ns]; other years go to pandas
 _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_NS_PER_DAY = 86_400 * 10**9
 # The Arrow type each declared column type is coerced to (and staged as between the passes).
 STAGED_TYPES: dict[str, pa.DataType] = {
     "numeric": pa.float64(),
@@ -42,10 +45,20 @@ STAGED_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def as_text(column: pa.Array) -> pa.Array:
-    """Raw values as stripped strings, with blanks as missing (sources disagree on how to say 'nothing')."""
+def as_text(column: pa.Array, tokens_are_missing: bool = False) -> pa.Array:
+    """Raw values as stripped strings, with blanks as missing (sources disagree on how to say 'nothing').
+
+    ``tokens_are_missing``: the reader already read every value that is one of ``MISSING_TOKENS`` as missing (the
+    Arrow CSV reader does); then, when stripping changed no value, no value is a token and the check is skipped.
+    """
     text = pc.utf8_trim(column, characters=PYTHON_WHITESPACE)
-    return pc.if_else(pc.is_in(text, value_set=_MISSING_TOKENS), pa.scalar(None, pa.string()), text)
+    if tokens_are_missing and _total_bytes(text) == _total_bytes(column):
+        return text
+    return pc.if_else(pc.is_in(text, value_set=MISSING_TOKENS), pa.scalar(None, pa.string()), text)
+
+
+def _total_bytes(text: pa.Array) -> int:
+    return pc.sum(pc.binary_length(text)).as_py() or 0
 
 
 def mask(condition: pa.Array) -> np.ndarray:
@@ -53,16 +66,14 @@ def mask(condition: pa.Array) -> np.ndarray:
 
 
 def parse_numbers(text: pa.Array) -> np.ndarray:
-    """``pd.to_numeric(text, errors="coerce")`` as float64: Arrow for plain decimals, pandas for the rest."""
-    values = np.full(len(text), np.nan)
-    fast = mask(
-        pc.and_(
-            pc.match_substring_regex(text, _FAST_NUMBER),
-            pc.less_equal(pc.utf8_length(text), _FAST_NUMBER_MAX_CHARS),
-        )
+    """``pd.to_numeric(text, errors="coerce")`` as float64: polars for plain decimals (its regex and float parser
+    are about twice as fast as Arrow's here, and correctly rounded like both), pandas for the rest."""
+    parsed = pl.DataFrame({"text": pl.from_arrow(text)}).select(
+        fast=(_TEXT.str.contains(_FAST_NUMBER) & (_TEXT.str.len_bytes() <= _FAST_NUMBER_MAX_CHARS)).fill_null(False),
+        value=_TEXT.cast(pl.Float64, strict=False),
     )
-    if fast.any():
-        values[fast] = pc.cast(text.filter(pa.array(fast)), pa.float64()).to_numpy()
+    fast = parsed.get_column("fast").to_numpy()
+    values = np.where(fast, parsed.get_column("value").to_numpy(), np.nan)
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
     if slow.any():
         strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
@@ -70,36 +81,61 @@ def parse_numbers(text: pa.Array) -> np.ndarray:
     return values
 
 
+def _plain_dates(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that are ``YYYY-MM-DD`` (10 bytes: digits and two dashes) and their ten bytes, one row each.
+
+    Checked on the bytes with numpy rather than a regex (several times faster on a chunk)."""
+    candidates = mask(pc.equal(pc.binary_length(text), 10))
+    rows = np.flatnonzero(candidates)
+    if not len(rows):
+        return rows, np.zeros((0, 10), dtype=np.uint8)
+    plain = text.filter(pa.array(candidates))
+    start = int(np.frombuffer(plain.buffers()[1], np.int32, count=1, offset=plain.offset * 4)[0])
+    chars = np.frombuffer(plain.buffers()[2], np.uint8)[start : start + 10 * len(plain)].reshape(-1, 10)
+    digits = chars[:, _DATE_DIGITS] - np.uint8(ord("0"))  # a non-digit wraps round past 9
+    shaped = (digits <= 9).all(axis=1) & (chars[:, 4] == ord("-")) & (chars[:, 7] == ord("-"))
+    return rows[shaped], digits[shaped]
+
+
+def _days_since_1970(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days from 1970-01-01 of valid proleptic Gregorian dates (H. Hinnant's days_from_civil, for years > 0)."""
+    year = year - (month <= 2)
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return (era * 146097 + day_of_era - 719468).astype(np.int64)
+
+
 def _parse_dates(text: pa.Array) -> np.ndarray:
     """``pd.to_datetime(text, errors="coerce", format="ISO8601")`` as naive datetime64[ns]; plain
     ``YYYY-MM-DD`` dates are decoded with numpy, everything else by pandas."""
     values = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
-    fast = mask(pc.match_substring_regex(text, _FAST_DATE))
-    if fast.any():
-        plain = text.filter(pa.array(fast))
-        start = int(np.frombuffer(plain.buffers()[1], np.int32, count=1, offset=plain.offset * 4)[0])
-        digits = np.frombuffer(plain.buffers()[2], np.uint8)[start : start + 10 * len(plain)].reshape(-1, 10)
-        digits = digits.astype(np.int64) - ord("0")
+    fast = np.zeros(len(text), dtype=bool)
+    rows, digits = _plain_dates(text)
+    if len(rows):
+        digits = digits.astype(np.int32)
         year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
-        month = digits[:, 5] * 10 + digits[:, 6]
-        day = digits[:, 8] * 10 + digits[:, 9]
+        month = digits[:, 4] * 10 + digits[:, 5]
+        day = digits[:, 6] * 10 + digits[:, 7]
         leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
         month_days = _DAYS_IN_MONTH[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
         valid = (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
         valid &= (year >= _FAST_DATE_YEARS[0]) & (year <= _FAST_DATE_YEARS[1])
-        months = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
-        dates = months.astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
-        rows = np.flatnonzero(fast)
-        values[rows[valid]] = dates[valid].astype("datetime64[ns]")
-        fast[rows[~valid]] = False  # impossible dates: pandas decides (it says NaT)
+        rows = rows[valid]  # impossible dates: pandas decides (it says NaT)
+        values.view(np.int64)[rows] = _days_since_1970(year[valid], month[valid], day[valid]) * _NS_PER_DAY
+        fast[rows] = True
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
-    zoned = mask(pc.match_substring_regex(text, _ZONED_TIME))
-    for rows in (slow & zoned, slow & ~zoned):
-        if rows.any():
-            strings = pd.Series(text.filter(pa.array(rows)).to_pylist(), dtype="string")
-            # utc=True: zoned timestamps become UTC, naive ones stay as written, and a column may mix both.
-            parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
-            values[rows] = parsed.to_numpy(dtype="datetime64[ns]")
+    if slow.any():
+        slow_text = text.filter(pa.array(slow))
+        zoned = np.zeros(len(text), dtype=bool)
+        zoned[slow] = mask(pc.match_substring_regex(slow_text, _ZONED_TIME))
+        for part in (slow & zoned, slow & ~zoned):
+            if part.any():
+                strings = pd.Series(text.filter(pa.array(part)).to_pylist(), dtype="string")
+                # utc=True: zoned timestamps become UTC, naive ones stay as written, and a column may mix both.
+                parsed = pd.to_datetime(strings, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
+                values[part] = parsed.to_numpy(dtype="datetime64[ns]")
     return values
 
 
@@ -118,8 +154,10 @@ def flag(codes: np.ndarray, reasons: list[str], where: np.ndarray, reason: str) 
     codes[where & (codes == 0)] = len(reasons)
 
 
-def coerce_column(raw: pa.Array, spec: ColumnSpec) -> Typed:
-    text = as_text(raw)
+def coerce_column(raw: pa.Array, spec: ColumnSpec, tokens_are_missing: bool = False) -> Typed:
+    """``raw`` typed as ``spec`` declares, with a reason code per bad row (``tokens_are_missing``: see
+    :func:`as_text`)."""
+    text = as_text(raw, tokens_are_missing)
     present = text.is_valid().to_numpy(zero_copy_only=False)
     codes = np.zeros(len(text), dtype=np.uint8)
     reasons: list[str] = []

@@ -23,12 +23,18 @@ def first_occurrences(state: PassOne, staging: Staging, target: str, plan: Targe
     """Keep-mask over the clean rows: the first of each group of identical rows, the target's value included (as
     the task writes it: "1" and "1.0" are one label when labels compare as numbers)."""
     hashes = np.concatenate(state.hashes) if state.hashes else np.zeros(0, dtype=U64)
-    target_hashes = [
-        hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
-        for group in range(staging.num_row_groups)
-    ]
-    if target_hashes:
-        hashes = mix(hashes * GOLDEN + np.concatenate(target_hashes))
+    state.hashes.clear()  # the per-chunk copies: the largest arrays held here besides the hash table below
+    if staging.num_row_groups:
+        target_hashes = np.concatenate(
+            [
+                hash_values(plan.values(staging.read_row_group(group, columns=[target]).column(0).combine_chunks()))
+                for group in range(staging.num_row_groups)
+            ]
+        )
+        hashes *= GOLDEN
+        hashes += target_hashes
+        del target_hashes
+        hashes = mix(hashes)
     return ~pd.Series(hashes, copy=False).duplicated(keep="first").to_numpy()
 
 
@@ -76,6 +82,15 @@ def _kept_values(staging: Staging, keep: np.ndarray, name: str, dtype: str) -> n
         kept[at : at + len(values)] = values
         at += len(values)
     return kept
+
+
+def kept_column(staging: Staging, keep: np.ndarray, name: str) -> pa.ChunkedArray:
+    """The kept rows' values of a staged column as staged, a batch at a time."""
+    batches = [
+        staging.read_row_group(group, columns=[name]).column(0).filter(pa.array(keep[start:end]))
+        for group, start, end in row_groups(staging)
+    ]
+    return pa.chunked_array([chunk for batch in batches for chunk in batch.chunks], staging.schema.field(name).type)
 
 
 def _fill_for_absent(spec: ColumnSpec) -> Any:

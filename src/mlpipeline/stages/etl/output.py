@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from mlpipeline.stages.etl.target import TargetPlan
 
 # The Arrow kernel of each of mlpipeline.features.DATE_PARTS (pandas' .dt accessors of the same names).
 _ARROW_DATE_PARTS = {"year": pc.year, "month": pc.month, "dayofweek": pc.day_of_week, "dayofyear": pc.day_of_year}
-_OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
+OUTPUT_ROW_GROUP = 1024 * 1024  # pyarrow's default row group length, which DataFrame.to_parquet uses
 
 
 def _output_table(
@@ -40,28 +41,36 @@ def _output_table(
         columns[schema.id_column] = staged.column(schema.id_column).combine_chunks()
     dates: dict[str, pa.Array] = {}
     for spec in schema.resolved_columns():
-        if spec.name not in present and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
-            columns[spec.name] = dates[spec.name] = pa.nulls(rows, pa.float64())
-            continue
-        if spec.name in present:
-            values = staged.column(spec.name).combine_chunks()
-        else:
-            values = pa.nulls(rows, STAGED_TYPES[spec.type])
-        columns[spec.name] = _imputed(values, spec, fills)
+        staged_values = staged.column(spec.name).combine_chunks() if spec.name in present else None
+        columns[spec.name] = output_values(spec, staged_values, rows, fills)
         if spec.type == "date":
             dates[spec.name] = columns[spec.name]
     columns[schema.target] = plan.values(staged.column(schema.target).combine_chunks())
     for name, values in dates.items():
-        columns.update(_date_parts(name, values))
+        columns.update(date_parts(name, values))
     return pa.table(columns)
 
 
-def _date_parts(name: str, values: pa.Array) -> dict[str, pa.Array]:
+def output_values(
+    spec: ColumnSpec, staged: pa.Array | pa.ChunkedArray | None, rows: int, fills: dict[str, Any]
+) -> pa.Array:
+    """A declared column's output values from its kept staged values (None: the source lacks the column)."""
+    if staged is None and spec.type == "date":  # stays an all-NaN float column, as pandas leaves it
+        return pa.nulls(rows, pa.float64())
+    return _imputed(pa.nulls(rows, STAGED_TYPES[spec.type]) if staged is None else staged, spec, fills)
+
+
+def date_parts(name: str, values: pa.Array) -> dict[str, pa.Array]:
     """:func:`mlpipeline.features.add_date_parts` in Arrow: float64 parts, missing where the date is (Monday is
     day 0 of the week, as in pandas)."""
-    if not pa.types.is_timestamp(values.type):  # a declared date column the source lacks: no dates at all
-        return {column: pa.nulls(len(values), pa.float64()) for column in date_part_columns(name)}
-    return {f"{name}_{part}": pc.cast(_ARROW_DATE_PARTS[part](values), pa.float64()) for part in DATE_PARTS}
+    return {column: date_part(values, part) for column, part in zip(date_part_columns(name), DATE_PARTS, strict=True)}
+
+
+def date_part(values: pa.Array, part: str) -> pa.Array:
+    """One of :func:`date_parts` (all missing when a declared date column the source lacks has no dates)."""
+    if not pa.types.is_timestamp(values.type):
+        return pa.nulls(len(values), pa.float64())
+    return pc.cast(_ARROW_DATE_PARTS[part](values), pa.float64())
 
 
 def _imputed(values: pa.Array, spec: ColumnSpec, fills: dict[str, Any]) -> pa.Array:
@@ -96,9 +105,11 @@ def write_features(
     schema: DatasetSchema,
     present: set[str],
     fills: dict[str, Any],
+    on_table: Callable[[pa.Table], None] = lambda table: None,
 ) -> int:
-    """Write the output in row groups of ``_OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
-    bytes (and so ``data_sha256``) do not depend on the chunk size. Returns the rows written."""
+    """Write the output in row groups of ``OUTPUT_ROW_GROUP`` rows, as ``DataFrame.to_parquet`` does: the file's
+    bytes (and so ``data_sha256``) do not depend on the chunk size; ``on_table`` sees each staged batch's output
+    rows first. Returns the rows written."""
     staging = Staging(staging_path)
     tables = (
         _output_table(
@@ -119,7 +130,13 @@ def write_features(
         same_metadata = (
             table.replace_schema_metadata(file_schema.metadata) for table in itertools.chain([first], tables)
         )
-        for group in rechunk(same_metadata, _OUTPUT_ROW_GROUP):
-            writer.write_table(group, row_group_size=_OUTPUT_ROW_GROUP)
+        for group in rechunk(_seen(same_metadata, on_table), OUTPUT_ROW_GROUP):
+            writer.write_table(group, row_group_size=OUTPUT_ROW_GROUP)
             rows_out += group.num_rows
     return rows_out
+
+
+def _seen(tables: Iterator[pa.Table], on_table: Callable[[pa.Table], None]) -> Iterator[pa.Table]:
+    for table in tables:
+        on_table(table)
+        yield table

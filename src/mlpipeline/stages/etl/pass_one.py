@@ -70,7 +70,8 @@ def read_pass_one(raw_data_path: str, raw_format: str, config: PipelineConfig, t
     try:
         if raw_format == "csv":
             try:
-                return _pass_one(arrow_csv_chunks(raw_data_path, chunk_rows), config, quarantine, staging)
+                chunks = arrow_csv_chunks(raw_data_path, chunk_rows)
+                return _pass_one(chunks, config, quarantine, staging, tokens_are_missing=True)
             except FastReaderGaveUp:
                 pass  # pandas reads some CSVs Arrow refuses (ragged rows, blank headers): start over with it
         return _pass_one(pandas_chunks(raw_data_path, raw_format, chunk_rows), config, quarantine, staging)
@@ -92,8 +93,13 @@ def top_reasons(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _pass_one(
-    chunks: Iterator[pa.Table], config: PipelineConfig, quarantine: Path, staging: Path
+    chunks: Iterator[pa.Table],
+    config: PipelineConfig,
+    quarantine: Path,
+    staging: Path,
+    tokens_are_missing: bool = False,
 ) -> tuple[PassOne, set[str]]:
+    """``tokens_are_missing``: the reader read the missing-value tokens as missing (see :func:`.coerce.as_text`)."""
     schema = config.dataset_schema
     state = PassOne()
     writer: StagingWriter | None = None
@@ -108,7 +114,7 @@ def _pass_one(
                     present = set(state.columns)
                     _write_quarantine_header(out, state.columns)
                     writer = _open_staging(staging, schema, present)
-                _chunk_pass_one(chunk, config, state, out, writer, pool)
+                _chunk_pass_one(chunk, config, state, out, writer, pool, tokens_are_missing)
         finally:
             if writer is not None:
                 writer.close()
@@ -127,7 +133,13 @@ def _write_quarantine_header(out: TextIO, columns: list[str]) -> None:
 
 
 def _chunk_pass_one(
-    chunk: pa.Table, config: PipelineConfig, state: PassOne, out: TextIO, writer: Any, pool: Executor
+    chunk: pa.Table,
+    config: PipelineConfig,
+    state: PassOne,
+    out: TextIO,
+    writer: Any,
+    pool: Executor,
+    tokens_are_missing: bool,
 ) -> None:
     if chunk.num_rows == 0:
         return
@@ -138,30 +150,42 @@ def _chunk_pass_one(
     used = [name for name in (schema.id_column, schema.target, *schema.feature_names) if name and name in raw]
     # The columns are independent: typed side by side (Arrow's kernels and numpy release the GIL).
     lengths = pool.submit(check_lengths, raw, used, config.max_cell_chars)
-    target_job = pool.submit(_target_chunk, raw[schema.target], schema.target, config.task)
+    target_job = pool.submit(_target_chunk, raw[schema.target], schema.target, config.task, tokens_are_missing)
     # An optional column the source does not have is all missing: nothing to type or check.
     specs = [spec for spec in schema.resolved_columns() if spec.name in raw]
-    columns = pool.map(lambda spec: coerce_column(raw[spec.name], spec), specs)
+    columns = pool.map(lambda spec: coerce_column(raw[spec.name], spec, tokens_are_missing), specs)
     typed = dict(zip([spec.name for spec in specs], columns, strict=True))
     too_long, (target, numbers) = lengths.result(), target_job.result()
-    bad = _quarantine_bad_rows(chunk, [too_long, target, *typed.values()], start, out, state, config)
+    checked = [too_long, target, *typed.values()]
+    bad = np.stack([c.codes for c in checked]).any(axis=0)
+    # The bad rows go to the quarantine on a pool thread while this one stages the clean rows (with one thread,
+    # one after the other); each updates its own fields of the state.
+    quarantined = pool.submit(_quarantine_bad_rows, chunk, checked, bad, start, out, state, config)
+    if etl_threads(config) == 1:
+        quarantined.result()
     good = ~bad
     for name, column in typed.items():
         state.missing_counts[name] = state.missing_counts.get(name, 0) + int((missing(column) & good).sum())
     clean_target = target.values.filter(pa.array(good))
-    state.hashes.append(_stage_clean_rows(raw, typed, good, schema, clean_target, writer))
+    state.hashes.append(_stage_clean_rows(raw, typed, good, schema, clean_target, writer, tokens_are_missing))
     state.target.add(clean_target, numbers[good])
+    quarantined.result()
 
 
 def _quarantine_bad_rows(
-    chunk: pa.Table, checked: list[Typed], start: int, out: TextIO, state: PassOne, config: PipelineConfig
-) -> np.ndarray:
-    """Append the chunk's bad rows with their reason to the quarantine (up to ``max_quarantine_rows`` in all; the
-    rest are counted); returns which rows are bad."""
-    codes = np.stack([c.codes for c in checked])
-    bad = codes.any(axis=0)
+    chunk: pa.Table,
+    checked: list[Typed],
+    bad: np.ndarray,
+    start: int,
+    out: TextIO,
+    state: PassOne,
+    config: PipelineConfig,
+) -> None:
+    """Append the chunk's ``bad`` rows with their reason to the quarantine (up to ``max_quarantine_rows`` in all;
+    the rest are counted)."""
     if not bad.any():
-        return bad
+        return
+    codes = np.stack([c.codes for c in checked])
     # A row's reason is the first failing check's (lengths, then the target, then the columns in order): number
     # all reasons of the chunk globally.
     first = np.argmax(codes[:, bad] != 0, axis=0)
@@ -177,7 +201,6 @@ def _quarantine_bad_rows(
         state.rows_quarantine_written += len(rows)
     state.rows_bad += int(bad.sum())
     _merge_counts(state.reason_counts, _first_seen_counts(reasons))
-    return bad
 
 
 def _cut_long_values(rows: pa.Table) -> pa.Table:
@@ -199,13 +222,14 @@ def _stage_clean_rows(
     schema: DatasetSchema,
     target: pa.Array,
     writer: Any,
+    tokens_are_missing: bool,
 ) -> np.ndarray:
     """Write the chunk's clean rows to the staging file; returns their row hashes (the target is hashed once the
     task says what its values are)."""
     keep = pa.array(good)
     staged: dict[str, pa.Array] = {}
     if schema.id_column and schema.id_column in raw:
-        staged[schema.id_column] = as_text(raw[schema.id_column]).filter(keep)
+        staged[schema.id_column] = as_text(raw[schema.id_column], tokens_are_missing).filter(keep)
     for spec in schema.resolved_columns():
         if spec.name in typed:
             staged[spec.name] = typed[spec.name].values.filter(keep)
@@ -216,10 +240,10 @@ def _stage_clean_rows(
     return row_hash
 
 
-def _target_chunk(raw: pa.Array, target: str, task: str) -> tuple[Typed, np.ndarray]:
+def _target_chunk(raw: pa.Array, target: str, task: str, tokens_are_missing: bool) -> tuple[Typed, np.ndarray]:
     """The target as text with its reason codes (a missing one; for a regression also one that is not a finite
     number: an ``auto`` task with such values is a classification), and its values as numbers (NaN: not one)."""
-    text = as_text(raw)
+    text = as_text(raw, tokens_are_missing)
     present = text.is_valid().to_numpy(zero_copy_only=False)
     numbers = parse_numbers(text)
     codes = np.where(present, 0, 1).astype(np.uint8)

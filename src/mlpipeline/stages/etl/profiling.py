@@ -42,14 +42,15 @@ def _column_stats(series: pd.Series, kind: str, task: str) -> dict[str, Any]:
     return stats
 
 
-def _kind(name: str, schema: DatasetSchema) -> str:
+def kind_of(name: str, schema: DatasetSchema) -> str:
+    """What an output column is to the profile: its declared type, ``target`` or ``derived``."""
     types = {c.name: c.type for c in schema.columns}
     return types.get(name, "target" if name == schema.target else "derived")
 
 
 def profile(frame: pd.DataFrame, schema: DatasetSchema, task: str = "binary") -> dict[str, Any]:
     """Per-column statistics of a processed dataset (also the reference for drift monitoring)."""
-    columns = {name: _column_stats(frame[name], _kind(name, schema), task) for name in frame.columns}
+    columns = {name: _column_stats(frame[name], kind_of(name, schema), task) for name in frame.columns}
     return {"rows": len(frame), "columns": columns}
 
 
@@ -65,21 +66,46 @@ def profile_parquet(path: Path, schema: DatasetSchema, task: str = "binary", thr
 
 def _parquet_column_stats(path: Path, field_: pa.Field, schema: DatasetSchema, task: str) -> dict[str, Any]:
     data = pq.ParquetFile(path)  # a reader per column: they may run on different threads
-    name, kind = field_.name, _kind(field_.name, schema)
-    text_like = pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
-    counted = text_like or pa.types.is_boolean(field_.type) or _counted(kind, task)
-    if not counted:  # numbers and dates: pandas on the whole column, exactly as profile() computes them
+    name, kind = field_.name, kind_of(field_.name, schema)
+    if not counted_field(field_, kind, task):  # numbers and dates: pandas on the whole column, as profile() does
         return _column_stats(data.read(columns=[name]).column(0).to_pandas(), kind, task)
-    missing = 0
-    counts: dict[Any, int] = {}
+    counts = CountedStats(field_, kind, task)
     for group in range(data.num_row_groups):
-        values = data.read_row_group(group, columns=[name]).column(0)
-        missing += values.null_count
-        if _counted(kind, task) or pa.types.is_boolean(field_.type):
+        counts.add(data.read_row_group(group, columns=[name]).column(0))
+    return counts.stats()
+
+
+def counted_field(field_: pa.Field, kind: str, task: str) -> bool:
+    """Whether the profile of a column adds up batch by batch (text, booleans, labels); else it is described by
+    pandas on the whole column (numbers, dates)."""
+    text_like = pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
+    return text_like or pa.types.is_boolean(field_.type) or _counted(kind, task)
+
+
+class CountedStats:
+    """:func:`profile`'s statistics of a counted column (see :func:`counted_field`), added up batch by batch."""
+
+    def __init__(self, field_: pa.Field, kind: str, task: str) -> None:
+        self._field, self._kind = field_, kind
+        self._frequencies = _counted(kind, task) or pa.types.is_boolean(field_.type)
+        self._missing = 0
+        self._counts: dict[Any, int] = {}  # in order of first appearance
+
+    def add(self, values: pa.Array | pa.ChunkedArray) -> None:
+        self._missing += values.null_count
+        if self._frequencies:
             for item in pc.value_counts(values.drop_null()).to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
-    dtype = _ARROW_TO_PANDAS_DTYPE.get(str(field_.type), str(field_.type))
-    stats: dict[str, Any] = {"dtype": dtype, "missing": missing, "kind": kind}
-    if _counted(kind, task) or pa.types.is_boolean(field_.type):
-        stats["frequencies"] = _frequencies(pd.Series(list(counts.values()), index=[str(k) for k in counts]))
-    return stats
+                self._counts[item["values"]] = self._counts.get(item["values"], 0) + item["counts"]
+
+    def stats(self) -> dict[str, Any]:
+        dtype = _ARROW_TO_PANDAS_DTYPE.get(str(self._field.type), str(self._field.type))
+        stats: dict[str, Any] = {"dtype": dtype, "missing": self._missing, "kind": self._kind}
+        if self._frequencies:
+            counts = self._counts
+            stats["frequencies"] = _frequencies(pd.Series(list(counts.values()), index=[str(k) for k in counts]))
+        return stats
+
+
+def column_stats(values: pa.Array | pa.ChunkedArray, name: str, schema: DatasetSchema, task: str) -> dict[str, Any]:
+    """:func:`profile`'s statistics of a whole column (as pandas computes them on it)."""
+    return _column_stats(values.to_pandas(), kind_of(name, schema), task)

@@ -15,10 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpipeline.config import DatasetSchema, PipelineConfig
-from mlpipeline.stages.etl.dataset import fill_values, first_occurrences
-from mlpipeline.stages.etl.output import write_features
+from mlpipeline.stages.etl.dataset import first_occurrences
+from mlpipeline.stages.etl.output import OUTPUT_ROW_GROUP
 from mlpipeline.stages.etl.pass_one import PassOne, etl_threads, read_pass_one, top_reasons
-from mlpipeline.stages.etl.profiling import profile_parquet
+from mlpipeline.stages.etl.pass_two import WholeColumnThreads, write_output_and_profile
 from mlpipeline.stages.etl.result import (
     FEATURES_FILE,
     PROFILE_FILE,
@@ -59,10 +59,16 @@ def etl(config: PipelineConfig, *, run: str, raw_data_path: str, raw_format: str
         plan = plan_target(state.target, config.task, schema)
         _refuse_mostly_missing_columns(config, state)
         keep = _dedupe(config, state, tmp / STAGING_FILE, plan)
-        threads = _column_threads(config, len(keep))
-        fills = _impute_and_write(tmp, keep, plan, schema, present, threads)
+        fills, data_profile = write_output_and_profile(
+            tmp,
+            keep,
+            plan,
+            schema,
+            present,
+            _whole_column_threads(config, len(keep), len(state.columns)),
+        )
         target, classes = _target_summary(tmp / FEATURES_FILE, schema.target, plan)
-        _write_profile(tmp, schema, state, keep, fills, target, threads)
+        _write_profile(tmp, data_profile, state, keep, fills, target)
         if plan.positive_label is not None:
             schema = schema.model_copy(update={"positive_label": plan.positive_label})
         excluded = excluded or _not_features(state.columns, schema)
@@ -163,22 +169,14 @@ def _dedupe(config: PipelineConfig, state: PassOne, staging: Path, plan: TargetP
     return keep
 
 
-def _column_threads(config: PipelineConfig, rows: int) -> int:
-    """Threads for the steps that work a whole column at a time: ``etl_threads`` while a column is no longer than
-    a chunk (the memory the chunk size allows), else one."""
-    return etl_threads(config) if rows <= config.etl_chunk_rows else 1
-
-
-def _impute_and_write(
-    tmp: Path, keep: np.ndarray, plan: TargetPlan, schema: DatasetSchema, present: set[str], threads: int
-) -> dict[str, Any]:
-    """Pass 2: ``features.parquet`` from the staged rows; returns the fill of each column that had gaps."""
-    staging_path = tmp / STAGING_FILE
-    fills = fill_values(Staging(staging_path), keep, schema, present, threads)
-    write_features(staging_path, tmp / FEATURES_FILE, keep, plan, schema, present, fills)
-    staging_path.unlink()
-    pa.default_memory_pool().release_unused()
-    return fills
+def _whole_column_threads(config: PipelineConfig, rows: int, columns: int) -> WholeColumnThreads:
+    """How the steps that hold whole columns use ``etl_threads``: as many columns side by side as hold no more
+    values than a pass-1 chunk or an output row group did (the memory those sizes allow); the profile described
+    during the output's write only while that fits in what a chunk held."""
+    threads = etl_threads(config)
+    held = threads * rows
+    side_by_side = threads if held <= max(config.etl_chunk_rows, OUTPUT_ROW_GROUP) * max(columns, 1) else 1
+    return WholeColumnThreads(side_by_side, threads > 1 and held <= config.etl_chunk_rows * max(columns, 1))
 
 
 def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict[str, Any], list[Any]]:
@@ -203,14 +201,12 @@ def _target_summary(features: Path, target: str, plan: TargetPlan) -> tuple[dict
 
 def _write_profile(
     tmp: Path,
-    schema: DatasetSchema,
+    data_profile: dict[str, Any],
     state: PassOne,
     keep: np.ndarray,
     fills: dict[str, Any],
     target: dict[str, Any],
-    threads: int,
 ) -> None:
-    data_profile = profile_parquet(tmp / FEATURES_FILE, schema, target["task"], threads)
     data_profile.update(
         task=target["task"],
         target=target,

@@ -33,6 +33,7 @@ class Staging:
         with pa.memory_map(str(path)) as source:
             reader = ipc.open_file(source)
             self._rows = [reader.get_batch(index).num_rows for index in range(reader.num_record_batches)]
+            self.schema = reader.schema
 
     @property
     def num_row_groups(self) -> int:
