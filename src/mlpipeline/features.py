@@ -36,15 +36,28 @@ def date_parts(values: np.ndarray) -> list[np.ndarray]:
     (the proleptic Gregorian calendar), either way computed exactly."""
     days = values.astype("datetime64[D]")  # floors, as the calendar date of a time before 1970 needs
     missing = np.isnat(days)
-    days = np.where(missing, np.datetime64(0, "D"), days)
+    any_missing = bool(missing.any())
+    if any_missing:  # any real day will do (its parts become NaN): the first present one keeps the range short
+        days = np.where(missing, days[np.argmin(missing)] if not missing.all() else np.datetime64(0, "D"), days)
     if days.size <= _CALENDAR_CONVERSION_MAX:
-        parts = _parts_by_conversion(days)
+        floats = [part.astype(np.float64) for part in _parts_by_conversion(days)]
     else:
-        parts = _parts_by_arithmetic(days.view(np.int64))
-    floats = [part.astype(np.float64) for part in parts]
-    for part in floats:
-        part[missing] = np.nan
+        floats = _parts_by_table(days.view(np.int64))
+    if any_missing:
+        for part in floats:
+            part[missing] = np.nan
     return floats
+
+
+def _parts_by_table(day: np.ndarray) -> list[np.ndarray]:
+    # A column of dates spans far fewer days than it has rows: the parts of each day of the span, computed once,
+    # are looked up per row (one gather per part instead of ~30 whole-column operations).
+    first, last = int(day.min()), int(day.max())
+    if last - first >= day.size:  # dates scattered over a longer span than there are rows: compute per row
+        return [part.astype(np.float64) for part in _parts_by_arithmetic(day)]
+    offsets = day - first
+    span = _parts_by_arithmetic(np.arange(first, last + 1, dtype=np.int64))
+    return [table.astype(np.float64).take(offsets) for table in span]
 
 
 def _parts_by_conversion(days: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -88,8 +101,13 @@ def add_date_parts(frame: pd.DataFrame, date_columns: list[str], *, drop: bool =
             derived = [getattr(values.dt, part).to_numpy(dtype="float64", na_value=np.nan) for part in DATE_PARTS]
         # Float keeps missing dates as NaN for the imputer rather than failing.
         parts.update(zip(date_part_columns(column), derived, strict=True))
-    kept = frame.drop(columns=date_columns) if drop else frame
-    return kept.assign(**parts)
+    if not frame.columns.is_unique:
+        kept = frame.drop(columns=date_columns) if drop else frame
+        return kept.assign(**parts)
+    # A new frame around the same column arrays (drop + assign copied every column, twice); a part named like an
+    # existing column replaces it in place, as assign does.
+    kept_columns = {name: frame[name] for name in frame.columns if not (drop and name in date_columns)}
+    return pd.DataFrame({**kept_columns, **parts}, index=frame.index, copy=False)
 
 
 class DateParts(BaseEstimator, TransformerMixin):
@@ -135,20 +153,47 @@ class MedianImputer(BaseEstimator, TransformerMixin):
 
     def _fit(self, X: pd.DataFrame | np.ndarray, matrix: np.ndarray) -> None:
         names = X.columns if isinstance(X, pd.DataFrame) else [f"x{index}" for index in range(matrix.shape[1])]
+        self.fit_columns(names, [matrix[:, index] for index in range(matrix.shape[1])])
+
+    def fit_columns(self, names: Any, columns: list[np.ndarray]) -> MedianImputer:
+        """Fit on float64 columns given one by one (``FeatureMatrix``'s input, never stacked into a matrix)."""
         self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.n_features_in_ = matrix.shape[1]
-        statistics = np.full(matrix.shape[1], np.nan)
-        for index in range(matrix.shape[1]):
-            column = matrix[:, index]
-            present = column[~np.isnan(column)]
+        self.n_features_in_ = len(columns)
+        statistics = np.full(len(columns), np.nan)
+        for index, column in enumerate(columns):
+            missing = np.isnan(column)
+            present = column[~missing] if missing.any() else column
             if len(present):
-                statistics[index] = np.median(present)
+                statistics[index] = exact_median(present)
         self.statistics_ = statistics
+        return self
 
     def _fill(self, matrix: np.ndarray) -> np.ndarray:
         filled = np.where(np.isnan(matrix), self.statistics_, matrix)  # a new array: the input stays as it was
         empty = np.isnan(self.statistics_)
         return filled[:, ~empty] if empty.any() else filled
+
+
+# Integer-valued columns (counts, flags, date parts) whose values span fewer than this many integers get their
+# median from a count of each value (a few linear passes) instead of a partition (np.median's introselect).
+_COUNTED_MEDIAN_MAX_SPAN = 1 << 16
+
+
+def exact_median(present: np.ndarray) -> float:
+    """``np.median`` of a column's present (non-NaN) values, bit for bit."""
+    low, high = float(present.min()), float(present.max())
+    if not (high - low < _COUNTED_MEDIAN_MAX_SPAN and low == np.floor(low)):
+        return float(np.median(present))
+    whole = present.astype(np.int64)
+    if not np.array_equal(whole, present):  # fractions: not countable
+        return float(np.median(present))
+    whole -= int(low)
+    below = np.cumsum(np.bincount(whole))  # below[v]: how many values are <= low + v
+    size = len(present)
+    # np.median: the middle value, or the mean of the two middle ones, computed by np.mean as it does.
+    ranks = [size // 2] if size % 2 else [size // 2 - 1, size // 2]
+    middle = [low + float(np.searchsorted(below, rank, side="right")) for rank in ranks]
+    return float(np.mean(np.asarray(middle, dtype=np.float64)))
 
 
 def _float_matrix(X: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -230,3 +275,151 @@ class CategoryOneHot(BaseEstimator, TransformerMixin):
 
 def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
+
+
+# Rows written per block of the output matrix: a block of a few dozen float64 columns stays in the CPU cache
+# while it is filled, scaled and transposed.
+_BLOCK_ROWS = 16_384
+
+
+class FeatureMatrix(BaseEstimator, TransformerMixin):
+    """sklearn step: the estimator's whole input as one float64 matrix in C order (the layout the linear models'
+    solvers read without a copy): the ``numeric`` columns median-imputed (``MedianImputer``) and, with ``scale``,
+    standardised (``StandardScaler``'s mean and scale, equal up to the rounding of their sums), then the
+    ``categorical`` columns imputed and one-hot encoded (``CategoryOneHot``).
+
+    What ``ColumnTransformer([("numeric", Pipeline([MedianImputer(), StandardScaler()]), numeric), ("categorical",
+    CategoryOneHot(), categorical)])`` computes, written block of rows by block into one allocation instead of
+    selected, converted, filled, scaled and stacked as whole-matrix copies."""
+
+    def __init__(
+        self, numeric: list[str] | None = None, categorical: list[str] | None = None, scale: bool = False
+    ) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+        self.scale = scale
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> FeatureMatrix:
+        self._fit(X)
+        return self
+
+    def fit_transform(self, X: pd.DataFrame, y: object = None, **fit_params: Any) -> np.ndarray:
+        columns, codes = self._fit(X)
+        return self._matrix(columns, codes)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        frame = _named_frame(X)
+        return self._matrix(self._numeric_columns(frame), self.one_hot_.codes(_select(frame, self.categorical)))
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        names = [*self.imputer_.get_feature_names_out(), *self.one_hot_.get_feature_names_out()]
+        return np.asarray(names, dtype=object)
+
+    def _fit(self, X: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
+        frame = _named_frame(X)
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        numeric = list(self.numeric or [])
+        self.imputer_ = MedianImputer().fit_columns(numeric, [_float_column(frame[name]) for name in numeric])
+        columns = self._numeric_columns(frame)
+        self.mean_, self.scale_ = _mean_and_scale(columns, self._medians()) if self.scale else (None, None)
+        self.one_hot_ = CategoryOneHot()
+        return columns, self.one_hot_._fit_codes(_select(frame, self.categorical))
+
+    def _medians(self) -> np.ndarray:
+        statistics = self.imputer_.statistics_
+        return statistics[~np.isnan(statistics)]
+
+    def _numeric_columns(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        # The columns MedianImputer keeps: one with no value at fit time is dropped, as SimpleImputer drops it.
+        kept = self.imputer_.feature_names_in_[~np.isnan(self.imputer_.statistics_)]
+        return [_float_column(frame[name]) for name in kept]
+
+    def _matrix(self, columns: list[np.ndarray], codes: np.ndarray) -> np.ndarray:
+        starts = np.cumsum([len(columns)] + [len(categories) for categories in self.one_hot_.categories_])
+        # Zeros come with freshly mapped memory: the one-hot columns then only need their ones written.
+        out = np.zeros((codes.shape[0], starts[-1]), dtype=np.float64)
+        if columns:
+            self._write_numeric(out, columns)
+        _write_ones(out, codes, starts[:-1])
+        return out
+
+    def _write_numeric(self, out: np.ndarray, columns: list[np.ndarray]) -> None:
+        """The imputed (and scaled) columns into ``out``'s first columns, a block of rows at a time: columns are
+        contiguous in the input and rows in the output, so each block is filled and scaled as contiguous rows of
+        a (columns, rows) buffer that stays in the CPU cache, then transposed into place."""
+        medians = self._medians()[:, None]
+        holes = np.asarray([bool(np.isnan(column).any()) for column in columns])
+        mean = None if self.mean_ is None else self.mean_[:, None]
+        scale = None if self.scale_ is None else self.scale_[:, None]
+        buffer = np.empty((len(columns), min(_BLOCK_ROWS, len(out))), dtype=np.float64)
+        for start in range(0, len(out), _BLOCK_ROWS):
+            stop = min(start + _BLOCK_ROWS, len(out))
+            values = buffer[:, : stop - start]
+            for index, column in enumerate(columns):
+                values[index] = column[start:stop]
+            if holes.any():
+                np.copyto(values, medians, where=np.isnan(values))
+            if mean is not None and scale is not None:  # StandardScaler.transform's in-place operations, in order
+                values -= mean
+                values /= scale
+            out[start:stop, : len(columns)] = values.T
+
+
+def _write_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
+    """One 1 per row and categorical column, at the column's start plus the row's code (none for code -1: an
+    unseen category, or a column without categories), into ``out``, zeros everywhere else."""
+    flat = out.reshape(-1)  # a view: out is C-contiguous
+    width = out.shape[1]
+    every_code_known = codes.size == 0 or int(codes.min()) >= 0
+    for start in range(0, len(out), _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, len(out))
+        row_offsets = np.arange(start * width, stop * width, width, dtype=np.int64)
+        for index, first in enumerate(starts):
+            code = codes[start:stop, index]
+            if every_code_known:
+                flat[row_offsets + (code + first)] = 1.0
+            else:
+                known = code >= 0
+                flat[row_offsets[known] + (code[known] + first)] = 1.0
+
+
+def _mean_and_scale(columns: list[np.ndarray], medians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """StandardScaler's ``mean_`` and ``scale_`` of the imputed columns: its two-pass variance with the correction
+    term, its test for a constant column (scale 1); numpy's pairwise sum per column instead of its sum over rows."""
+    means, variances = np.zeros(len(columns)), np.zeros(len(columns))
+    for index, column in enumerate(columns):
+        missing = np.isnan(column)
+        if missing.any():
+            column = np.where(missing, medians[index], column)
+        size = len(column)
+        means[index] = column.sum() / size
+        deviation = column - means[index]
+        correction = deviation.sum()
+        variances[index] = (np.dot(deviation, deviation) - correction**2 / size) / size
+    rows = len(columns[0]) if columns else 0
+    epsilon = np.finfo(np.float64).eps
+    constant = variances <= rows * epsilon * variances + (rows * means * epsilon) ** 2
+    scales = np.sqrt(variances)
+    scales[constant] = 1.0
+    return means, scales
+
+
+def _float_column(values: pd.Series) -> np.ndarray:
+    if values.dtype == np.float64:  # the common case: pandas' own array, no copy
+        column = values.to_numpy()
+        if np.isinf(column).any():
+            raise ValueError("Input contains infinity or a value too large for dtype('float64').")
+        return column
+    return _float_matrix(values.to_frame())[:, 0]
+
+
+def _named_frame(X: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"FeatureMatrix selects its columns by name: it needs a DataFrame, not {type(X).__name__}")
+    return X
+
+
+def _select(frame: pd.DataFrame, names: list[str] | None) -> pd.DataFrame:
+    # A frame around the same column arrays: frame[names] would copy them.
+    return pd.DataFrame({name: frame[name] for name in names or []}, index=frame.index, copy=False)

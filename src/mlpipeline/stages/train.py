@@ -19,7 +19,6 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.base import BaseEstimator
-from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
@@ -29,10 +28,9 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
-from mlpipeline.features import CategoryOneHot, DateParts, MedianImputer, date_part_columns
+from mlpipeline.features import DateParts, FeatureMatrix, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.stages.evaluation import evaluate, json_classes
@@ -173,20 +171,11 @@ def build_pipeline(
     numeric = schema.columns_of_type("numeric", "integer", "boolean")
     numeric += [name for column in dates for name in date_part_columns(column)]
     categorical = schema.columns_of_type("categorical")
-    # features.MedianImputer: the medians of SimpleImputer(strategy="median") without its masked-array pass
-    # (np.ma.median sorts a masked copy of the whole matrix) and with one float conversion per call.
-    numeric_steps: list[tuple[str, Any]] = [("impute", MedianImputer())]
-    if model_type in _SCALED:
-        numeric_steps.append(("scale", StandardScaler()))
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", Pipeline(numeric_steps), numeric),
-            # Most-frequent imputation and one-hot in one step on integer codes (features.CategoryOneHot): the
-            # same matrix as SimpleImputer + OneHotEncoder, without their object-dtype Python loops.
-            ("categorical", CategoryOneHot(), categorical),
-        ],
-        remainder="drop",
-    )
+    # features.FeatureMatrix: what ColumnTransformer([("numeric", Pipeline([MedianImputer(), StandardScaler()]),
+    # numeric), ("categorical", CategoryOneHot(), categorical)]) computed (exact medians, most-frequent imputation
+    # and one-hot on integer codes), written into one C-ordered float64 matrix instead of column selections,
+    # conversions and a final stack, each a copy of the data.
+    preprocess = FeatureMatrix(numeric=numeric, categorical=categorical, scale=model_type in _SCALED)
     return Pipeline(
         [
             ("dates", DateParts(dates)),
