@@ -206,3 +206,20 @@ def test_feature_matrix_is_the_column_transformer_it_replaces(scale: bool) -> No
         ours.transform(unseen.assign(a=np.inf))
     with pytest.raises(TypeError, match="needs a DataFrame"):
         ours.transform(unseen.to_numpy())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_category_one_hot_of_categoricals_is_that_of_the_same_text(seed: int) -> None:
+    """Text read as pandas Categoricals (Parquet's dictionary-encoded columns): the same categories, fill codes and
+    matrix as the same text as objects, whatever order the Categorical keeps its categories in (unused ones too)."""
+    train = _text_frame(3_000, seed)
+    typed = train.apply(lambda column: pd.Categorical(column, categories=["unused", *column.dropna().unique()]))
+    as_text, as_categorical = CategoryOneHot(), CategoryOneHot()
+    expected = as_text.fit_transform(train)
+    assert np.array_equal(as_categorical.fit_transform(typed), expected)
+    assert [list(c) for c in as_categorical.categories_] == [list(c) for c in as_text.categories_]
+    assert np.array_equal(as_categorical.fill_codes_, as_text.fill_codes_)
+    unseen = _text_frame(200, seed + 10)
+    unseen.iloc[::7, 1] = "never seen"
+    for model in (as_text, as_categorical):
+        assert np.array_equal(model.transform(unseen.astype("category")), model.transform(unseen))

@@ -228,6 +228,11 @@ class CategoryOneHot(BaseEstimator, TransformerMixin):
         for index, column in enumerate(frame.columns):
             values = frame[column]
             categories = self.categories_[index]
+            typed = _text_categorical(values)
+            if typed is not None:  # a look-up per category, then the rows' codes through it
+                lookup = pd.Index(categories, dtype=object).get_indexer(typed.categories)
+                codes[:, index] = np.append(lookup, self.fill_codes_[index])[typed.codes]  # code -1: missing
+                continue
             # NaN is one more "category" of the hash table; None, pd.NA, NaT are found among the rest (rare).
             found = pd.Index([*categories, np.nan], dtype=object).get_indexer(values)
             missing = found == len(categories)
@@ -242,9 +247,11 @@ class CategoryOneHot(BaseEstimator, TransformerMixin):
         self.n_features_in_ = frame.shape[1]
         self.categories_: list[np.ndarray] = []
         fill_codes = []
-        codes = np.empty(frame.shape, dtype=np.int64)
+        codes = np.empty(frame.shape, dtype=np.int64, order="F")  # filled, and read, column by column
         for index, column in enumerate(frame.columns):
-            found, uniques = pd.factorize(frame[column], sort=True)  # missing values: -1
+            typed = _text_categorical(frame[column])
+            # Missing values: -1. Categories in sorted order either way (a Categorical's are in its own order).
+            found, uniques = pd.factorize(frame[column], sort=True) if typed is None else _sorted_codes(typed)
             counts = np.bincount(found[found >= 0], minlength=len(uniques))
             self.categories_.append(np.asarray(uniques, dtype=object))
             fill_codes.append(int(np.argmax(counts)) if len(uniques) else -1)  # argmax: the first of the most
@@ -271,6 +278,26 @@ class CategoryOneHot(BaseEstimator, TransformerMixin):
             ],
             dtype=object,
         )
+
+
+def _text_categorical(values: pd.Series) -> pd.Categorical | None:
+    """The column's Categorical if it is one of text categories (as Parquet's dictionary-encoded text is read)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return None
+    categories = values.dtype.categories
+    return values.array if len(categories) == 0 or categories.inferred_type == "string" else None
+
+
+def _sorted_codes(typed: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
+    """What ``pd.factorize(values, sort=True)`` gives for the same text as objects: the categories that occur, in
+    sorted order, and each row's code into them (-1: missing), from the Categorical's own codes."""
+    codes = typed.codes.astype(np.int64)
+    occurring = np.flatnonzero(np.bincount(codes + 1, minlength=len(typed.categories) + 1)[1:])
+    names = np.asarray(typed.categories, dtype=object)[occurring]
+    order = np.argsort(names, kind="stable")
+    renumber = np.full(len(typed.categories) + 1, -1, dtype=np.int64)  # its last entry: code -1 stays -1
+    renumber[occurring[order]] = np.arange(len(order))
+    return renumber[codes], names[order]
 
 
 def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:

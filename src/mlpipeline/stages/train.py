@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.base import BaseEstimator
@@ -346,7 +347,7 @@ def _chosen(config: PipelineConfig, candidate: Candidate | None) -> Candidate:
 
 def _split(config: PipelineConfig, processed_data_path: str) -> _Split:
     schema = config.dataset_schema
-    features, stored = features_and_target(pd.read_parquet(processed_data_path), schema)
+    features, stored = features_and_target(read_processed(processed_data_path, schema), schema)
     task = task_of(config, stored)
     target = target_as(stored, task)
     classification = task in CLASSIFICATION
@@ -414,8 +415,30 @@ def _scores_text(metrics: dict[str, Any], first: str | None) -> str:
 
 
 def _labelled(schema: DatasetSchema, features: pd.DataFrame, target: pd.Series) -> pd.DataFrame:
-    """Features and target in one frame, as the held-out rows are stored (``holdout.parquet``)."""
-    return features.assign(**{schema.target: target.to_numpy()}).reset_index(drop=True)
+    """Features and target in one frame, as the held-out rows are stored (``holdout.parquet``): the categorical
+    columns as text, as they are read elsewhere."""
+    return features.assign(**_text_columns(schema, features), **{schema.target: target.to_numpy()}).reset_index(
+        drop=True
+    )
+
+
+def read_processed(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:
+    """The processed Parquet as the train stage fits it: the categorical columns (dictionary-encoded text in the
+    file) as pandas Categoricals, decoded once per distinct value instead of into one Python string per row
+    (about 3x faster to read), and one-hot encoded from their integer codes (features.CategoryOneHot)."""
+    return pd.read_parquet(path, read_dictionary=schema.columns_of_type("categorical"))
+
+
+def _text_columns(schema: DatasetSchema, features: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The categorical columns :func:`read_processed` typed, as object text with None where missing: what the
+    plain ``pd.read_parquet`` gives (the holdout file, the logged datasets and the input example keep that form)."""
+    columns = {}
+    for name in schema.columns_of_type("categorical"):
+        if name in features.columns and isinstance(features[name].dtype, pd.CategoricalDtype):
+            typed = features[name].array
+            text = np.append(np.asarray(typed.categories, dtype=object), None).take(typed.codes)  # -1: None
+            columns[name] = text
+    return columns
 
 
 def _write_holdout(directory: Path, schema: DatasetSchema, split: _Split, metrics: dict[str, Any]) -> None:
@@ -461,6 +484,7 @@ def _log_to_mlflow(
         if split.task in CLASSIFICATION:
             mlflow.log_dict({"task": split.task, "classes": json_classes(pipeline)}, "classes.json")
         example = split.x_train.head(5)
+        example = example.assign(**_text_columns(config.dataset_schema, example))
         signature = infer_signature(example, pipeline.predict(example))
         info = log_sklearn_model(pipeline, signature=signature, input_example=example, name=MODEL_ARTIFACT)
     signed_tags = client.get_run(mlflow_run.info.run_id).data.tags
