@@ -155,14 +155,14 @@ class MedianImputer(BaseEstimator, TransformerMixin):
         names = X.columns if isinstance(X, pd.DataFrame) else [f"x{index}" for index in range(matrix.shape[1])]
         self.fit_columns(names, [matrix[:, index] for index in range(matrix.shape[1])])
 
-    def fit_columns(self, names: Any, columns: list[np.ndarray]) -> MedianImputer:
-        """Fit on float64 columns given one by one (``FeatureMatrix``'s input, never stacked into a matrix)."""
+    def fit_columns(self, names: Any, columns: list[np.ndarray], holes: list[bool] | None = None) -> MedianImputer:
+        """Fit on float64 columns given one by one (``FeatureMatrix``'s input, never stacked into a matrix);
+        ``holes`` says which have missing values, if known."""
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.n_features_in_ = len(columns)
         statistics = np.full(len(columns), np.nan)
         for index, column in enumerate(columns):
-            missing = np.isnan(column)
-            present = column[~missing] if missing.any() else column
+            present = column[~np.isnan(column)] if holes is None or holes[index] else column
             if len(present):
                 statistics[index] = exact_median(present)
         self.statistics_ = statistics
@@ -347,52 +347,53 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
         return self
 
     def fit_transform(self, X: pd.DataFrame, y: object = None, **fit_params: Any) -> np.ndarray:
-        columns, codes = self._fit(X)
-        return self._matrix(columns, codes)
+        return self._matrix(*self._fit(X))
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         frame = _named_frame(X)
-        return self._matrix(self._numeric_columns(frame), self.one_hot_.codes(_select(frame, self.categorical)))
+        # The columns MedianImputer keeps: one with no value at fit time is dropped, as SimpleImputer drops it.
+        kept = self.imputer_.feature_names_in_[~np.isnan(self.imputer_.statistics_)]
+        columns, holes = _float_columns(frame, kept)
+        return self._matrix(columns, holes, self.one_hot_.codes(_select(frame, self.categorical)))
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         names = [*self.imputer_.get_feature_names_out(), *self.one_hot_.get_feature_names_out()]
         return np.asarray(names, dtype=object)
 
-    def _fit(self, X: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
+    def _fit(self, X: pd.DataFrame) -> tuple[list[np.ndarray], list[bool], np.ndarray]:
         frame = _named_frame(X)
         self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
         self.n_features_in_ = frame.shape[1]
         numeric = list(self.numeric or [])
-        self.imputer_ = MedianImputer().fit_columns(numeric, [_float_column(frame[name]) for name in numeric])
-        columns = self._numeric_columns(frame)
-        self.mean_, self.scale_ = _mean_and_scale(columns, self._medians()) if self.scale else (None, None)
+        columns, holes = _float_columns(frame, numeric)
+        self.imputer_ = MedianImputer().fit_columns(numeric, columns, holes)
+        kept = ~np.isnan(self.imputer_.statistics_)  # a column without any value is dropped
+        columns = [column for column, keep in zip(columns, kept, strict=True) if keep]
+        holes = [hole for hole, keep in zip(holes, kept, strict=True) if keep]
+        self.mean_, self.scale_ = (None, None)
+        if self.scale:
+            self.mean_, self.scale_ = _mean_and_scale(columns, holes, self._medians())
         self.one_hot_ = CategoryOneHot()
-        return columns, self.one_hot_._fit_codes(_select(frame, self.categorical))
+        return columns, holes, self.one_hot_._fit_codes(_select(frame, self.categorical))
 
     def _medians(self) -> np.ndarray:
         statistics = self.imputer_.statistics_
         return statistics[~np.isnan(statistics)]
 
-    def _numeric_columns(self, frame: pd.DataFrame) -> list[np.ndarray]:
-        # The columns MedianImputer keeps: one with no value at fit time is dropped, as SimpleImputer drops it.
-        kept = self.imputer_.feature_names_in_[~np.isnan(self.imputer_.statistics_)]
-        return [_float_column(frame[name]) for name in kept]
-
-    def _matrix(self, columns: list[np.ndarray], codes: np.ndarray) -> np.ndarray:
+    def _matrix(self, columns: list[np.ndarray], holes: list[bool], codes: np.ndarray) -> np.ndarray:
         starts = np.cumsum([len(columns)] + [len(categories) for categories in self.one_hot_.categories_])
         # Zeros come with freshly mapped memory: the one-hot columns then only need their ones written.
         out = np.zeros((codes.shape[0], starts[-1]), dtype=np.float64)
         if columns:
-            self._write_numeric(out, columns)
+            self._write_numeric(out, columns, holes)
         _write_ones(out, codes, starts[:-1])
         return out
 
-    def _write_numeric(self, out: np.ndarray, columns: list[np.ndarray]) -> None:
+    def _write_numeric(self, out: np.ndarray, columns: list[np.ndarray], holes: list[bool]) -> None:
         """The imputed (and scaled) columns into ``out``'s first columns, a block of rows at a time: columns are
         contiguous in the input and rows in the output, so each block is filled and scaled as contiguous rows of
         a (columns, rows) buffer that stays in the CPU cache, then transposed into place."""
         medians = self._medians()[:, None]
-        holes = np.asarray([bool(np.isnan(column).any()) for column in columns])
         mean = None if self.mean_ is None else self.mean_[:, None]
         scale = None if self.scale_ is None else self.scale_[:, None]
         buffer = np.empty((len(columns), min(_BLOCK_ROWS, len(out))), dtype=np.float64)
@@ -401,7 +402,7 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
             values = buffer[:, : stop - start]
             for index, column in enumerate(columns):
                 values[index] = column[start:stop]
-            if holes.any():
+            if any(holes):
                 np.copyto(values, medians, where=np.isnan(values))
             if mean is not None and scale is not None:  # StandardScaler.transform's in-place operations, in order
                 values -= mean
@@ -427,20 +428,19 @@ def _write_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
                 flat[row_offsets[known] + (code[known] + first)] = 1.0
 
 
-def _mean_and_scale(columns: list[np.ndarray], medians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mean_and_scale(columns: list[np.ndarray], holes: list[bool], medians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """StandardScaler's ``mean_`` and ``scale_`` of the imputed columns (its test for a constant column, scale 1),
     equal up to rounding: the sums of each column's deviations from its median (close to its mean, so the
     variance is as exact as StandardScaler's two passes) in one pass, a cached block of rows at a time."""
     rows = len(columns[0]) if columns else 0
     means, variances = np.zeros(len(columns)), np.zeros(len(columns))
     buffer = np.empty(min(_BLOCK_ROWS, rows), dtype=np.float64)
-    for index, (column, median) in enumerate(zip(columns, medians, strict=True)):
+    for index, (column, hole, median) in enumerate(zip(columns, holes, medians, strict=True)):
         total = squares = 0.0
-        holes = bool(np.isnan(column).any())
         for start in range(0, rows, _BLOCK_ROWS):
             block = column[start : start + _BLOCK_ROWS]
             deviation = np.subtract(block, median, out=buffer[: len(block)])
-            if holes:  # a missing value is imputed with the median: no deviation
+            if hole:  # a missing value is imputed with the median: no deviation
                 deviation[np.isnan(deviation)] = 0.0
             total += float(deviation.sum())
             squares += float(np.square(deviation, out=deviation).sum())  # not np.dot: no BLAS threads per block
@@ -453,13 +453,19 @@ def _mean_and_scale(columns: list[np.ndarray], medians: np.ndarray) -> tuple[np.
     return means, scales
 
 
-def _float_column(values: pd.Series) -> np.ndarray:
-    if values.dtype == np.float64:  # the common case: pandas' own array, no copy
-        column = values.to_numpy()
-        if np.isinf(column).any():
+def _float_columns(frame: pd.DataFrame, names: Any) -> tuple[list[np.ndarray], list[bool]]:
+    """The named columns as float64 arrays (pandas' own when they are float64: no copy) and, for each, whether it
+    has a missing value (NaN), from one pass; infinity is refused, as scikit-learn's imputers refuse it."""
+    columns, holes = [], []
+    for name in names:
+        values = frame[name]
+        column = values.to_numpy() if values.dtype == np.float64 else _float_matrix(values.to_frame())[:, 0]
+        finite = bool(np.isfinite(column).all())
+        if not finite and np.isinf(column).any():
             raise ValueError("Input contains infinity or a value too large for dtype('float64').")
-        return column
-    return _float_matrix(values.to_frame())[:, 0]
+        columns.append(column)
+        holes.append(not finite)
+    return columns, holes
 
 
 def _named_frame(X: pd.DataFrame) -> pd.DataFrame:
