@@ -157,6 +157,12 @@ def test_exact_median_is_numpys_median(seed: int) -> None:
             np.round(rng.normal(size=size) * 4) / 2,
         ):
             assert exact_median(values) == np.median(values), values
+    for size in (70_001, 70_002):  # long columns: the selection around a sample's middle
+        for values in (rng.normal(size=size), rng.lognormal(0, 2, size), np.round(rng.normal(size=size), 1)):
+            assert exact_median(values) == np.median(values)
+        misleading = rng.normal(size=size)
+        misleading[:: size // 4096] = 1e9  # every sampled value: the middle is not between its quantiles
+        assert exact_median(misleading) == np.median(misleading)
 
 
 def _mixed_frame(rows: int, seed: int) -> pd.DataFrame:

@@ -186,7 +186,30 @@ def exact_median(present: np.ndarray) -> float:
         counted = _counted_median(present)
         if counted is not None:
             return counted
-    return float(np.median(present))
+    return _selected_median(present)
+
+
+# The middle ranks of a long column are looked for among its values between two quantiles of an evenly spaced
+# sample of this many (whose middle they lie within, but for a fraction of a percent of columns).
+_MEDIAN_SAMPLE = 4096
+
+
+def _selected_median(present: np.ndarray) -> float:
+    """np.median, partitioning only the values between the 47th and 53rd percentiles of a sample (a few
+    comparisons per value instead of a copy and a partition of the whole column)."""
+    size = len(present)
+    if size < 16 * _MEDIAN_SAMPLE:
+        return float(np.median(present))
+    sample = np.sort(present[:: size // _MEDIAN_SAMPLE])
+    low, high = sample[int(len(sample) * 0.47)], sample[int(len(sample) * 0.53)]
+    below = int(np.count_nonzero(present < low))
+    between = present[(present >= low) & (present <= high)]
+    ranks = [size // 2] if size % 2 else [size // 2 - 1, size // 2]
+    if not all(below <= rank < below + len(between) for rank in ranks):  # the sample missed: partition it all
+        return float(np.median(present))
+    kth = [rank - below for rank in ranks]
+    # np.median's own last step: the mean of the middle value or of the two middle ones.
+    return float(np.mean(np.partition(between, kth)[kth]))
 
 
 def _counted_median(present: np.ndarray) -> float | None:
