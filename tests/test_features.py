@@ -229,3 +229,15 @@ def test_category_one_hot_of_categoricals_is_that_of_the_same_text(seed: int) ->
     unseen.iloc[::7, 1] = "never seen"
     for model in (as_text, as_categorical):
         assert np.array_equal(model.transform(unseen.astype("category")), model.transform(unseen))
+
+
+def test_feature_matrix_one_hot_of_many_categories_is_category_one_hots() -> None:
+    """Too many combinations of categories for a table of them: the ones are written one by one, same matrix."""
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame({"id": rng.integers(0, 5_000, 20_000).astype(str).astype(object), "x": 1.0})
+    frame.loc[frame.index[::11], "id"] = None
+    ours = FeatureMatrix(numeric=["x"], categorical=["id"])
+    expected = CategoryOneHot().fit_transform(frame[["id"]])
+    assert np.array_equal(ours.fit_transform(frame), np.hstack([np.ones((len(frame), 1)), expected]))
+    unseen = frame.head(100).assign(id="never seen")
+    assert np.array_equal(ours.transform(unseen)[:, 1:], np.zeros((100, expected.shape[1])))

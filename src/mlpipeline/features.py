@@ -405,8 +405,7 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
 
     def _matrix(self, columns: list[np.ndarray], holes: list[bool], codes: np.ndarray) -> np.ndarray:
         starts = np.cumsum([len(columns)] + [len(categories) for categories in self.one_hot_.categories_])
-        # Zeros come with freshly mapped memory: the one-hot columns then only need their ones written.
-        out = np.zeros((codes.shape[0], starts[-1]), dtype=np.float64)
+        out = np.empty((codes.shape[0], starts[-1]), dtype=np.float64)  # every value is written below
         if columns:
             self._write_numeric(out, columns, holes)
         _write_ones(out, codes, starts[:-1])
@@ -433,11 +432,44 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
             out[start:stop, : len(columns)] = values.T
 
 
+# Up to this many combinations of categories (one more per column: none of them), a row's whole one-hot part is
+# one row of a table of them all, copied in one gather; beyond it, a 1 is written per row and column.
+_ONE_HOT_TABLE_MAX_ROWS = 4096
+
+
 def _write_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
-    """One 1 per row and categorical column, at the column's start plus the row's code (none for code -1: an
-    unseen category, or a column without categories), into ``out``, zeros everywhere else."""
+    """The one-hot columns of ``out`` (after its first ``starts[0]``, which it leaves alone): per categorical
+    column a 1 at its start plus the row's code (none for code -1: an unseen category, or a column without
+    categories), zeros elsewhere."""
+    if codes.shape[1] == 0:
+        return
+    sizes = np.diff(np.append(starts, out.shape[1]))
+    radix = sizes + 1  # code + 1: 0 for code -1
+    if np.prod(radix, dtype=np.float64) > _ONE_HOT_TABLE_MAX_ROWS:
+        _scatter_ones(out, codes, starts)
+        return
+    place = np.cumprod(np.append(1, radix[:-1]))  # each column's digit of the combination number
+    combination = np.arange(int(np.prod(radix)))
+    table = np.zeros((len(combination), out.shape[1] - starts[0]), dtype=np.float64)
+    for index, first in enumerate(starts - starts[0]):
+        code = combination // place[index] % radix[index] - 1
+        table[np.flatnonzero(code >= 0), first + code[code >= 0]] = 1.0
+    number, term = np.empty(min(_BLOCK_ROWS, len(out)), dtype=np.intp), np.empty(min(_BLOCK_ROWS, len(out)), np.intp)
+    gathered = np.empty((len(number), table.shape[1]), dtype=np.float64)
+    for start in range(0, len(out), _BLOCK_ROWS):
+        rows = min(_BLOCK_ROWS, len(out) - start)
+        combined = number[:rows]
+        combined.fill(int(place.sum()))  # the +1 of every digit
+        for index in range(codes.shape[1]):
+            combined += np.multiply(codes[start : start + rows, index], place[index], out=term[:rows])
+        np.take(table, combined, axis=0, out=gathered[:rows], mode="clip")
+        out[start : start + rows, starts[0] :] = gathered[:rows]
+
+
+def _scatter_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
     flat = out.reshape(-1)  # a view: out is C-contiguous
     width = out.shape[1]
+    out[:, starts[0] :] = 0.0
     every_code_known = codes.size == 0 or int(codes.min()) >= 0
     for start in range(0, len(out), _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, len(out))
