@@ -393,9 +393,7 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
         kept = ~np.isnan(self.imputer_.statistics_)  # a column without any value is dropped
         columns = [column for column, keep in zip(columns, kept, strict=True) if keep]
         holes = [hole for hole, keep in zip(holes, kept, strict=True) if keep]
-        self.mean_, self.scale_ = (None, None)
-        if self.scale:
-            self.mean_, self.scale_ = _mean_and_scale(columns, holes, self._medians())
+        self.mean_, self.scale_ = _mean_and_scale(columns, holes, self._medians()) if self.scale else (None, None)
         self.one_hot_ = CategoryOneHot()
         return columns, holes, self.one_hot_._fit_codes(_select(frame, self.categorical))
 
@@ -408,7 +406,10 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
         out = np.empty((codes.shape[0], starts[-1]), dtype=np.float64)  # every value is written below
         if columns:
             self._write_numeric(out, columns, holes)
-        _write_ones(out, codes, starts[:-1])
+        if np.prod([len(c) + 1 for c in self.one_hot_.categories_], dtype=np.float64) <= _ONE_HOT_TABLE_MAX_ROWS:
+            _write_one_hot(out, codes, starts[:-1])
+        else:  # too many combinations for a table: CategoryOneHot's own matrix, copied in
+            out[:, starts[0] :] = self.one_hot_._one_hot(codes)
         return out
 
     def _write_numeric(self, out: np.ndarray, columns: list[np.ndarray], holes: list[bool]) -> None:
@@ -433,28 +434,24 @@ class FeatureMatrix(BaseEstimator, TransformerMixin):
 
 
 # Up to this many combinations of categories (one more per column: none of them), a row's whole one-hot part is
-# one row of a table of them all, copied in one gather; beyond it, a 1 is written per row and column.
+# one row of a table of them all, copied in one gather.
 _ONE_HOT_TABLE_MAX_ROWS = 4096
 
 
-def _write_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
-    """The one-hot columns of ``out`` (after its first ``starts[0]``, which it leaves alone): per categorical
-    column a 1 at its start plus the row's code (none for code -1: an unseen category, or a column without
-    categories), zeros elsewhere."""
+def _write_one_hot(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
+    """The one-hot columns of ``out`` (from ``starts[0]`` on): per categorical column a 1 at its start plus the
+    row's code (none for code -1: an unseen category, or a column without categories), zeros elsewhere; each
+    row's part copied from a table of every combination of codes (a digit per column: code + 1)."""
     if codes.shape[1] == 0:
         return
-    sizes = np.diff(np.append(starts, out.shape[1]))
-    radix = sizes + 1  # code + 1: 0 for code -1
-    if np.prod(radix, dtype=np.float64) > _ONE_HOT_TABLE_MAX_ROWS:
-        _scatter_ones(out, codes, starts)
-        return
+    radix = np.diff(np.append(starts, out.shape[1])) + 1
     place = np.cumprod(np.append(1, radix[:-1]))  # each column's digit of the combination number
     combination = np.arange(int(np.prod(radix)))
     table = np.zeros((len(combination), out.shape[1] - starts[0]), dtype=np.float64)
     for index, first in enumerate(starts - starts[0]):
         code = combination // place[index] % radix[index] - 1
         table[np.flatnonzero(code >= 0), first + code[code >= 0]] = 1.0
-    number, term = np.empty(min(_BLOCK_ROWS, len(out)), dtype=np.intp), np.empty(min(_BLOCK_ROWS, len(out)), np.intp)
+    number, term = np.empty((2, min(_BLOCK_ROWS, len(out))), dtype=np.intp)
     gathered = np.empty((len(number), table.shape[1]), dtype=np.float64)
     for start in range(0, len(out), _BLOCK_ROWS):
         rows = min(_BLOCK_ROWS, len(out) - start)
@@ -464,23 +461,6 @@ def _write_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
             combined += np.multiply(codes[start : start + rows, index], place[index], out=term[:rows])
         np.take(table, combined, axis=0, out=gathered[:rows], mode="clip")
         out[start : start + rows, starts[0] :] = gathered[:rows]
-
-
-def _scatter_ones(out: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> None:
-    flat = out.reshape(-1)  # a view: out is C-contiguous
-    width = out.shape[1]
-    out[:, starts[0] :] = 0.0
-    every_code_known = codes.size == 0 or int(codes.min()) >= 0
-    for start in range(0, len(out), _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, len(out))
-        row_offsets = np.arange(start * width, stop * width, width, dtype=np.int64)
-        for index, first in enumerate(starts):
-            code = codes[start:stop, index]
-            if every_code_known:
-                flat[row_offsets + (code + first)] = 1.0
-            else:
-                known = code >= 0
-                flat[row_offsets[known] + (code[known] + first)] = 1.0
 
 
 def _mean_and_scale(columns: list[np.ndarray], holes: list[bool], medians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
