@@ -677,9 +677,10 @@ def render(results: dict[str, Any], plan: Plan) -> str:
     columns_ms = single["preprocess_steps"] - single["dates_step"]
     profile = (
         f"**Profile** (in-process medians, 1 compute thread; cProfile): the stock sklearn `predict_proba` of one "
-        f"row costs {single['predict_proba']:.2f} ms = date parts {single['dates_step']:.2f} + ColumnTransformer "
-        f"{columns_ms:.2f} + HistGradientBoosting {single['estimator']:.2f} ms, almost all of it per-call input "
-        "checking (DataFrame indexing, check_array, feature names, one Python call per tree): alone it exceeds the "
+        f"row costs {single['predict_proba']:.2f} ms = date parts {single['dates_step']:.2f} + "
+        f"imputation and one-hot {columns_ms:.2f} + HistGradientBoosting {single['estimator']:.2f} ms, almost all "
+        "of it per-call input checking (DataFrame indexing, check_array, feature names, one Python call per tree): "
+        "alone it exceeds the "
         "5 ms p99 budget. So our server answers requests of up to 16 rows through a numpy re-expression of the "
         "fitted pipeline, used only after it matched sklearn bit for bit at load time "
         f"(fast path {'on' if floor['fast_path'] else 'OFF'}): {single['server_path']:.2f} ms for JSON in, "

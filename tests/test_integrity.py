@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from mlpipeline.config import default_schema
-from mlpipeline.features import DateParts, date_part_columns
+from mlpipeline.features import CategoryOneHot, DateParts, MedianImputer, date_part_columns
 from mlpipeline.integrity import (
     DIGEST_TAG,
     SIGNATURE_TAG,
@@ -225,7 +225,12 @@ def test_the_trusted_types_are_exactly_the_reviewed_ones_each_model_type_needs(
         "hist_gradient_boosting": {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"},
         "logistic_regression": set(),
     }
-    ours = {"mlpipeline.features.DateParts", "mlpipeline.features.CategoryOneHot", "mlpipeline.features.MedianImputer"}
+    ours = {
+        "mlpipeline.features.DateParts",
+        "mlpipeline.features.FeatureMatrix",
+        "mlpipeline.features.CategoryOneHot",
+        "mlpipeline.features.MedianImputer",
+    }
     assert set(untrusted) == ours | specific[model_type]
 
 
@@ -259,6 +264,33 @@ def test_models_of_earlier_versions_still_load_with_the_trusted_types(
         "mlpipeline.features.DateParts",
         "numpy.dtype",
         "numpy.median",
+    }
+    loaded = skops.io.loads(data, trusted=list(TRUSTED_TYPES))
+    assert np.array_equal(loaded.predict_proba(features), earlier.predict_proba(features))
+
+
+def test_models_with_the_column_transformer_of_our_own_steps_still_load(
+    fitted_frame: tuple[pd.DataFrame, pd.Series],
+) -> None:
+    """Registered models saved before FeatureMatrix (a ColumnTransformer of MedianImputer, StandardScaler and
+    CategoryOneHot) keep loading and predicting the same."""
+    features, target = fitted_frame
+    schema = default_schema()
+    current = build_pipeline(schema, "logistic_regression", {}, 0)
+    matrix = current.named_steps["preprocess"]
+    scaled = Pipeline([("impute", MedianImputer()), ("scale", StandardScaler())])
+    preprocess = ColumnTransformer(
+        [("numeric", scaled, matrix.numeric), ("categorical", CategoryOneHot(), matrix.categorical)]
+    )
+    earlier = Pipeline(
+        [("dates", current.named_steps["dates"]), ("preprocess", preprocess), ("model", LogisticRegression())]
+    )
+    earlier.fit(features, target)
+    data = skops.io.dumps(earlier)
+    assert set(skops.io.get_untrusted_types(data=data)) == {
+        "mlpipeline.features.DateParts",
+        "mlpipeline.features.MedianImputer",
+        "mlpipeline.features.CategoryOneHot",
     }
     loaded = skops.io.loads(data, trusted=list(TRUSTED_TYPES))
     assert np.array_equal(loaded.predict_proba(features), earlier.predict_proba(features))

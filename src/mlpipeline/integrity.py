@@ -42,6 +42,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "mlpipeline.features.CategoryOneHot",
     # Our numeric imputer (same file): column names and one float median per column.
     "mlpipeline.features.MedianImputer",
+    # Our feature matrix step (same file): column-name lists, a flag, a fitted MedianImputer and CategoryOneHot
+    # (the two entries above) and float arrays (means, scales); its transform is numpy arithmetic into one matrix.
+    "mlpipeline.features.FeatureMatrix",
     # HistGradientBoosting's fitted trees: numpy node arrays in a plain scikit-learn class.
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # RandomForest's fitted trees: scikit-learn's Cython tree, rebuilt from its node arrays.

@@ -86,6 +86,42 @@ def test_fast_path_gives_exactly_the_sklearn_answers(model_type: str) -> None:
     assert quick.predict_rows(rows) == general.predict(schema.frame(rows))
 
 
+def test_models_with_the_column_transformer_of_our_own_steps_keep_the_fast_path() -> None:
+    """Registered models saved before FeatureMatrix (a ColumnTransformer of MedianImputer, StandardScaler and
+    CategoryOneHot) still compile, bit for bit; a FeatureMatrix that dropped an all-missing column does not."""
+    from sklearn.base import clone
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlpipeline.features import CategoryOneHot, MedianImputer
+
+    current, schema, features = _product_model("logistic_regression")
+    matrix = current.named_steps["preprocess"]
+    scaled = Pipeline([("impute", MedianImputer()), ("scale", StandardScaler())])
+    columns = ColumnTransformer(
+        [("numeric", scaled, matrix.numeric), ("categorical", CategoryOneHot(), matrix.categorical)]
+    )
+    model = clone(current[-1])
+    earlier = Pipeline([("dates", current.named_steps["dates"]), ("preprocess", columns), ("model", model)])
+    earlier.fit(features, _target(features))
+    general = _loaded(earlier, schema)
+    status = verify_fast_path(general, json_rows(features.head(5)), "test")
+    assert status.active, status.reason
+    quick = dataclasses.replace(general, fast_path=status)
+    rows = json_rows(features.iloc[5:60])
+    assert all(quick.predict_rows([row]) == general.predict_rows([row]) for row in rows)
+
+    holed = features.assign(age=np.nan)
+    dropped = clone(current).fit(holed, _target(features))
+    with pytest.raises(NotCompilable, match="its numeric columns: MedianImputer dropped an all-missing column"):
+        compile_pipeline(dropped, schema, True)
+
+
+def _target(features: pd.DataFrame) -> np.ndarray:
+    return (features["tenure_months"].fillna(0).to_numpy() < 12).astype(int)
+
+
 def test_fast_path_still_validates_input() -> None:
     pipeline, schema, features = _product_model("hist_gradient_boosting")
     general = _loaded(pipeline, schema)

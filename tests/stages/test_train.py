@@ -211,8 +211,7 @@ def test_numeric_imputer_fills_exactly_the_medians_sklearn_median_strategy_would
     holed.loc[holed.index[:3], "monthly_charges"] = np.nan
     for model_type in ("hist_gradient_boosting", "logistic_regression"):
         pipeline = build_pipeline(schema, model_type, {}, 42).fit(holed, target)
-        numeric_step = pipeline.named_steps["preprocess"].named_transformers_["numeric"]
-        ours = numeric_step.named_steps["impute"]
+        ours = pipeline.named_steps["preprocess"].imputer_
         reference = SimpleImputer(strategy="median").fit(
             pipeline.named_steps["dates"].transform(holed)[ours.feature_names_in_]
         )
@@ -309,7 +308,7 @@ def test_regression_trains_every_regressor_with_a_plain_split(
 
     reloaded = load_sklearn_model(result.model_uri, tracking_uri=ws.tracking_uri)
     assert is_regressor(reloaded) and not hasattr(reloaded, "predict_proba")
-    scaled = "scale" in reloaded.named_steps["preprocess"].named_transformers_["numeric"].named_steps
+    scaled = reloaded.named_steps["preprocess"].scale
     assert scaled is (model_type == "ridge")
     holdout = pd.read_parquet(result.holdout_path)
     assert holdout["target"].dtype == "float64" and len(holdout) == result.n_test == 89

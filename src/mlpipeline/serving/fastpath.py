@@ -7,7 +7,8 @@ from step types and settings it reproduces exactly, and only used after it has m
 on the model's input example (plus missing-value and unseen-category variants) at load time.
 
 Covered: the date parts, SimpleImputer (NaN), dense OneHotEncoder(handle_unknown="ignore"), MedianImputer and
-CategoryOneHot (the train stage's own steps; older models have SimpleImputer and OneHotEncoder), StandardScaler, and
+CategoryOneHot (the train stage's own steps; older models have SimpleImputer and OneHotEncoder), StandardScaler,
+FeatureMatrix (the train stage's matrix of them, in place of the ColumnTransformer of earlier models), and
 any final estimator on the numpy features; HistGradientBoosting classifiers (binary and multiclass) and regressors
 with numeric splits are traversed in numpy (sklearn's per-tree Python calls dominate their small-request cost).
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, MedianImputer, date_parts
+from mlpipeline.features import DATE_PARTS, CategoryOneHot, DateParts, FeatureMatrix, MedianImputer, date_parts
 from mlpipeline.serving.schema import InputSchema
 
 if TYPE_CHECKING:
@@ -132,8 +133,10 @@ def _one_hot_encoder(step: Any, dtype: Any, fill_codes: list[int] | None) -> Col
 
 
 def _compile_scaler(step: Any) -> ColumnStep:
-    mean, scale = step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None
+    return _scaling(step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None)
 
+
+def _scaling(mean: np.ndarray | None, scale: np.ndarray | None) -> ColumnStep:
     def scale_block(block: np.ndarray) -> np.ndarray:
         block = np.array(block, dtype=np.float64)  # a copy: the same in-place ops sklearn applies to its copy
         if mean is not None:
@@ -289,8 +292,10 @@ def _compile_blocks(columns: Any) -> tuple[tuple[tuple[str, ...], tuple[ColumnSt
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
+    if type(columns) is FeatureMatrix:
+        return _compile_feature_matrix(columns)
     if type(columns) is not ColumnTransformer:
-        raise NotCompilable(f"its second step is a {type(columns).__name__}, not a ColumnTransformer")
+        raise NotCompilable(f"its second step is a {type(columns).__name__}, not a ColumnTransformer or FeatureMatrix")
     if getattr(columns, "_sklearn_output_config", {}).get("transform"):
         raise NotCompilable("its ColumnTransformer has set_output(transform=...) configured")
     blocks = []
@@ -309,6 +314,25 @@ def _compile_blocks(columns: Any) -> tuple[tuple[tuple[str, ...], tuple[ColumnSt
         except NotCompilable as exc:
             raise NotCompilable(f"transformer {name!r}: {exc}") from None
         blocks.append((tuple(selection), steps))
+    return tuple(blocks)
+
+
+def _compile_feature_matrix(matrix: FeatureMatrix) -> tuple[tuple[tuple[str, ...], tuple[ColumnStep, ...]], ...]:
+    """FeatureMatrix as the two ColumnTransformer parts it computes: numeric (MedianImputer, then its scaling),
+    categorical (CategoryOneHot); the same element-wise operations, so the same bits."""
+    blocks = []
+    numeric = tuple(str(name) for name in matrix.imputer_.feature_names_in_)
+    if numeric:
+        try:
+            steps = [_compile_median_imputer(matrix.imputer_)]
+        except NotCompilable as exc:
+            raise NotCompilable(f"its numeric columns: {exc}") from None
+        if matrix.scale:
+            steps.append(_scaling(matrix.mean_, matrix.scale_))
+        blocks.append((numeric, tuple(steps)))
+    categorical = tuple(str(name) for name in matrix.one_hot_.feature_names_in_)
+    if categorical:
+        blocks.append((categorical, (_compile_category_one_hot(matrix.one_hot_),)))
     return tuple(blocks)
 
 

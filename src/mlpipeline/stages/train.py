@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.base import BaseEstimator
-from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
@@ -29,10 +29,9 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from mlpipeline.config import Candidate, ConfigError, DatasetSchema, ModelType, PipelineConfig
-from mlpipeline.features import CategoryOneHot, DateParts, MedianImputer, date_part_columns
+from mlpipeline.features import DateParts, FeatureMatrix, date_part_columns
 from mlpipeline.integrity import DIGEST_TAG, SIGNATURE_TAG, signing_key
 from mlpipeline.registry import end_orphan_runs, ensure_experiment, log_sklearn_model, use_tracking
 from mlpipeline.stages.evaluation import evaluate, json_classes
@@ -173,20 +172,11 @@ def build_pipeline(
     numeric = schema.columns_of_type("numeric", "integer", "boolean")
     numeric += [name for column in dates for name in date_part_columns(column)]
     categorical = schema.columns_of_type("categorical")
-    # features.MedianImputer: the medians of SimpleImputer(strategy="median") without its masked-array pass
-    # (np.ma.median sorts a masked copy of the whole matrix) and with one float conversion per call.
-    numeric_steps: list[tuple[str, Any]] = [("impute", MedianImputer())]
-    if model_type in _SCALED:
-        numeric_steps.append(("scale", StandardScaler()))
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", Pipeline(numeric_steps), numeric),
-            # Most-frequent imputation and one-hot in one step on integer codes (features.CategoryOneHot): the
-            # same matrix as SimpleImputer + OneHotEncoder, without their object-dtype Python loops.
-            ("categorical", CategoryOneHot(), categorical),
-        ],
-        remainder="drop",
-    )
+    # features.FeatureMatrix: what ColumnTransformer([("numeric", Pipeline([MedianImputer(), StandardScaler()]),
+    # numeric), ("categorical", CategoryOneHot(), categorical)]) computed (exact medians, most-frequent imputation
+    # and one-hot on integer codes), written into one C-ordered float64 matrix instead of column selections,
+    # conversions and a final stack, each a copy of the data.
+    preprocess = FeatureMatrix(numeric=numeric, categorical=categorical, scale=model_type in _SCALED)
     return Pipeline(
         [
             ("dates", DateParts(dates)),
@@ -357,7 +347,7 @@ def _chosen(config: PipelineConfig, candidate: Candidate | None) -> Candidate:
 
 def _split(config: PipelineConfig, processed_data_path: str) -> _Split:
     schema = config.dataset_schema
-    features, stored = features_and_target(pd.read_parquet(processed_data_path), schema)
+    features, stored = features_and_target(read_processed(processed_data_path, schema), schema)
     task = task_of(config, stored)
     target = target_as(stored, task)
     classification = task in CLASSIFICATION
@@ -425,8 +415,30 @@ def _scores_text(metrics: dict[str, Any], first: str | None) -> str:
 
 
 def _labelled(schema: DatasetSchema, features: pd.DataFrame, target: pd.Series) -> pd.DataFrame:
-    """Features and target in one frame, as the held-out rows are stored (``holdout.parquet``)."""
-    return features.assign(**{schema.target: target.to_numpy()}).reset_index(drop=True)
+    """Features and target in one frame, as the held-out rows are stored (``holdout.parquet``): the categorical
+    columns as text, as they are read elsewhere."""
+    return features.assign(**_text_columns(schema, features), **{schema.target: target.to_numpy()}).reset_index(
+        drop=True
+    )
+
+
+def read_processed(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:
+    """The processed Parquet as the train stage fits it: the categorical columns (dictionary-encoded text in the
+    file) as pandas Categoricals, decoded once per distinct value instead of into one Python string per row
+    (about 3x faster to read), and one-hot encoded from their integer codes (features.CategoryOneHot)."""
+    return pd.read_parquet(path, read_dictionary=schema.columns_of_type("categorical"))
+
+
+def _text_columns(schema: DatasetSchema, features: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The categorical columns :func:`read_processed` typed, as object text with None where missing: what the
+    plain ``pd.read_parquet`` gives (the holdout file, the logged datasets and the input example keep that form)."""
+    columns = {}
+    for name in schema.columns_of_type("categorical"):
+        if name in features.columns and isinstance(features[name].dtype, pd.CategoricalDtype):
+            typed = features[name].array
+            text = np.append(np.asarray(typed.categories, dtype=object), None).take(typed.codes)  # -1: None
+            columns[name] = text
+    return columns
 
 
 def _write_holdout(directory: Path, schema: DatasetSchema, split: _Split, metrics: dict[str, Any]) -> None:
@@ -472,6 +484,7 @@ def _log_to_mlflow(
         if split.task in CLASSIFICATION:
             mlflow.log_dict({"task": split.task, "classes": json_classes(pipeline)}, "classes.json")
         example = split.x_train.head(5)
+        example = example.assign(**_text_columns(config.dataset_schema, example))
         signature = infer_signature(example, pipeline.predict(example))
         info = log_sklearn_model(pipeline, signature=signature, input_example=example, name=MODEL_ARTIFACT)
     signed_tags = client.get_run(mlflow_run.info.run_id).data.tags
