@@ -81,3 +81,18 @@ def test_small_chunks_give_the_same_result_as_one_chunk(tmp_path: Path) -> None:
     assert (chunked.rows_out, chunked.rows_quarantined, chunked.duplicates_dropped) == (57, 3, 3)
     quarantine = pd.read_csv(chunked.quarantine_path)
     assert quarantine["_row_number"].tolist() == [10, 21, 32]
+
+
+def test_an_absurd_exponent_is_quarantined_not_a_crash(tmp_path: Path) -> None:
+    """pandas 2.3's to_numeric segfaults on an exponent beyond a C int (1e277716837487) and wraps 1e4294967296
+    round to 1.0: each is a number out of range here, quarantined with its reason, and the run goes on."""
+    rows = good_rows(30)
+    rows[4] = "4,1e277716837487,2,red,true,2024-01-14,1"
+    rows[5] = "5,1e4294967296,2,red,true,2024-01-15,0"
+    rows[6] = "6,1E+0000002,2,red,true,2024-01-16,1"  # leading zeros: 100, a good value
+    result = etl(make_config(tmp_path), run="r1", raw_data_path=write_csv(tmp_path, rows), raw_format="csv")
+    assert result.rows_quarantined == 2 and result.rows_out == 28
+    quarantined = pd.read_csv(result.quarantine_path, dtype=str)
+    assert sorted(quarantined["id"]) == ["4", "5"]
+    frame = pd.read_parquet(result.data_path)
+    assert frame.loc[frame["id"] == "6", "amount"].item() == 100.0

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from mlpipeline.config import ColumnSpec, DatasetSchema
 from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
+from mlpipeline.numbers import to_numeric
 from mlpipeline.stages.etl.result import EtlError
 
 # Blank-ish values sources use for "nothing"; they count as missing after stripping.
@@ -77,7 +78,7 @@ def parse_numbers(text: pa.Array) -> np.ndarray:
     slow = ~fast & text.is_valid().to_numpy(zero_copy_only=False)
     if slow.any():
         strings = pd.Series(text.filter(pa.array(slow)).to_pylist(), dtype="string")
-        values[slow] = pd.to_numeric(strings, errors="coerce").astype("float64").to_numpy()
+        values[slow] = to_numeric(strings).to_numpy()
     return values
 
 

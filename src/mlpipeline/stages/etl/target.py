@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlpipeline.config import DatasetSchema
+from mlpipeline.numbers import to_numeric
 from mlpipeline.stages.etl.coerce import mask, parse_numbers
 from mlpipeline.stages.etl.result import EtlError
 from mlpipeline.tasks import MAX_CLASSES, decide_task
@@ -203,7 +204,7 @@ def _as_number(value: Any) -> float:
     """A label as a number (NaN if it is not one), as ``pd.to_numeric`` reads it."""
     if isinstance(value, (int, float)):
         return float(value)
-    return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").astype("float64").iloc[0])
+    return float(to_numeric([value]).iloc[0])
 
 
 def _label_text(label: Any) -> str:

@@ -19,6 +19,7 @@ from scipy import stats
 
 from mlpipeline.config import ColumnSpec, ColumnType, DatasetSchema
 from mlpipeline.constants import FALSE_TOKENS, TRUE_TOKENS
+from mlpipeline.numbers import to_float_array
 from mlpipeline.tasks import CLASSIFICATION
 
 # Floor for empty bins: keeps PSI finite (log of 0) while still heavily penalising a bin that emptied or filled.
@@ -49,7 +50,7 @@ def _psi(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
 
 
 def _as_float(values: Any) -> np.ndarray:
-    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return to_float_array(values)
 
 
 def population_stability_index(reference: Any, current: Any, bins: int = 10) -> float:
