@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,6 +17,7 @@ from sqlalchemy import func, select
 from mlpipeline.prediction_store import engine_for, prediction_requests
 from mlpipeline.serving.metrics import ServingMetrics
 from mlpipeline.serving.prediction_log import LoggedRequest, PredictionLog
+from tests.serving.test_prediction_log import _wait_for
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -33,15 +33,6 @@ def _stored_ids(url: str) -> set[str]:
             return set(connection.execute(select(prediction_requests.c.request_id)).scalars())
     finally:
         engine.dispose()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _alive(pid: int) -> bool:
