@@ -21,3 +21,12 @@ def test_everything_else_reads_as_pandas_reads_it() -> None:
     pd.testing.assert_series_equal(to_numeric(mixed), expected)
     strings = pd.Series(["1", "2e3", None], dtype="string")
     assert to_float_array(strings).tolist()[:2] == [1.0, 2000.0] and math.isnan(to_float_array(strings)[2])
+
+
+def test_columns_without_text_read_as_they_are() -> None:
+    assert to_numeric([None, None]).isna().all()
+    assert to_numeric(pd.Series([1.5, float("nan")])).tolist()[0] == 1.5
+    assert to_numeric(pd.Series([True, False])).tolist() == [1.0, 0.0]
+    assert to_numeric([]).empty
+    mixed = pd.Series([1, "1e277716837487", 2.0], dtype=object)
+    assert to_numeric(mixed).tolist()[::2] == [1.0, 2.0] and math.isnan(to_numeric(mixed)[1])

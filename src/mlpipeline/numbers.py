@@ -21,11 +21,11 @@ _CLAMPED = r"\g<1>999999"
 def to_numeric(values: Any) -> pd.Series:
     """``values`` (text, numbers or a mix) as float64, NaN where a value is not a number."""
     series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
-    text = series.map(lambda value: value if isinstance(value, str) else None, na_action="ignore")
-    long = text.str.contains(_HAS_LONG_EXPONENT, regex=True, na=False).to_numpy(dtype=bool)
-    if long.any():
-        series = series.astype(object).copy()
-        series[long] = text[long].str.replace(_LONG_EXPONENT, _CLAMPED, regex=True)
+    if series.dtype.kind not in "biufc" and len(series):  # numbers need no care: no float has such an exponent
+        long = series.astype("string").str.contains(_HAS_LONG_EXPONENT, regex=True, na=False).to_numpy(dtype=bool)
+        if long.any():
+            series = series.astype(object).copy()
+            series[long] = series[long].astype(str).str.replace(_LONG_EXPONENT, _CLAMPED, regex=True)
     return pd.to_numeric(series, errors="coerce").astype("float64")
 
 
