@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-_LONG_EXPONENT = r"([eE][+-]?)0*[1-9][0-9]{6,}"  # leading zeros do not count: 1e+0000012 is 1e12
-_HAS_LONG_EXPONENT = r"[eE][+-]?0*[1-9][0-9]{6,}"
+_LONG_DIGITS = r"0*[1-9][0-9]{6,}"  # leading zeros do not count: 1e+0000012 is 1e12
+_HAS_LONG_EXPONENT = rf"[eE][+-]?{_LONG_DIGITS}"  # no group: str.contains warns about one
+_LONG_EXPONENT = rf"([eE][+-]?){_LONG_DIGITS}"
 _CLAMPED = r"\g<1>999999"
 
 

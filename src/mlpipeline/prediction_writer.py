@@ -10,7 +10,7 @@ Protocol, framed by :class:`multiprocessing.connection.Connection` on two inheri
 writer): first the :class:`WriterSettings` as JSON (the URL may carry a password: never on the command line), then
 pickled ``(records, close_timeout)`` messages, ``records`` a list of :class:`HandedRecord` and ``close_timeout``
 None or, on the last message, the seconds left to write what is queued. Reports pipe (writer to server): JSON, one
-per batch ``{"records", "rows", "written", "error"}`` (written, or dropped after ``batch_attempts`` tries with
+per batch ``{"records", "written", "error"}`` (written, or dropped after ``batch_attempts`` tries with
 backoff, the tables re-created first in case the database was re-created), and ``{"problem"}`` when the tables
 cannot be created. The server keeps the counts; this process keeps none.
 
@@ -43,6 +43,7 @@ from mlpipeline.prediction_store import (
     prediction_requests,
     predictions,
 )
+from mlpipeline.text import clip
 
 log = logging.getLogger("mlpipeline.serving.prediction_log")
 
@@ -74,10 +75,6 @@ class HandedRecord(NamedTuple):
     predictions: list[Any] | None
     probabilities: list[Any] | None
     error: str | None
-
-    @property
-    def weight(self) -> int:
-        return max(1, self.row_count)
 
 
 @dataclass(frozen=True)
@@ -209,8 +206,7 @@ class _Writer:
                 self.last_error = None
                 written = True
                 break
-        rows = sum(record.weight for record in batch)
-        self._report(records=len(batch), rows=rows, written=written, error=self.last_error)
+        self._report(records=len(batch), written=written, error=self.last_error)
         return tables_ready
 
     def _past_deadline(self) -> bool:
@@ -220,8 +216,7 @@ class _Writer:
         # The first line only: SQLAlchemy appends the statement and its (huge) parameters.
         cause = getattr(exc, "orig", None) or exc
         first_line = (str(cause).strip().splitlines() or [""])[0]
-        message = f"{type(cause).__name__}: {first_line}"
-        message = message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
+        message = clip(f"{type(cause).__name__}: {first_line}", MAX_ERROR_CHARS)
         if message != self.last_error:
             log.warning("prediction log: cannot write (records are dropped while this lasts): %s", message)
         self.last_error = message

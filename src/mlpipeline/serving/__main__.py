@@ -2,5 +2,5 @@
 
 from mlpipeline.serving.cli import main
 
-if __name__ == "__main__":  # guarded: a spawned child process (the prediction log's writer) may import this module
+if __name__ == "__main__":  # guarded: importing the module (e.g. to find its path) must not start a server
     raise SystemExit(main())

@@ -19,12 +19,12 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from mlpipeline.serving.settings import ENV_SERVING_TOKEN, ServerSettings
+from mlpipeline.text import clip
 
 log = logging.getLogger(__name__)
 
 # Error responses stay below this size whatever the request was (a 7.6 MB request once produced an 11.6 MB error).
 MAX_ERROR_BODY_BYTES = 4096
-MAX_DETAIL_CHARS = 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -163,13 +163,6 @@ def load_json(body: bytes) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Bounded error bodies.
 # --------------------------------------------------------------------------------------------------------------
-
-
-def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """At most ``limit`` bytes once JSON-encoded (a non-ASCII character encodes as up to 6 bytes)."""
-    if not text.isascii():
-        limit //= 6
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def error_content(detail: str, errors: list[dict[str, Any]] | None = None, total: int | None = None) -> dict:

@@ -258,10 +258,9 @@ class PredictionLog:
             return
         records = report["records"]
         with self._cond:
-            for _ in range(records):
-                writer.weights.popleft()
+            # The writer settles records in the order they were handed over: the oldest weights are theirs.
+            self._queued_rows -= sum(writer.weights.popleft() for _ in range(records))
             self._settled += records
-            self._queued_rows -= report["rows"]
             self._cond.notify_all()
         counter = self.metrics.prediction_log_written if report["written"] else self.metrics.prediction_log_dropped
         counter.inc(records)
