@@ -248,6 +248,30 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def round_robin_latencies(
+    servers: Sequence[tuple[str, int]], path: str, bodies: Sequence[bytes], count: int
+) -> list[list[float]]:
+    """Seconds per request for each (host, port), ``count`` requests each on one keep-alive connection per server,
+    taken in turns (a, b, c, b, c, a, ...: the first server rotates): one request in flight at a time, and whatever
+    else the machine does falls on every server alike."""
+    connections = [connect(host, port) for host, port in servers]
+    latencies: list[list[float]] = [[] for _ in servers]
+    try:
+        for index in range(count):
+            body = bodies[index % len(bodies)]
+            first = index % len(servers)
+            for position in [*range(first, len(servers)), *range(first)]:
+                started = time.perf_counter()
+                status, data = _post(connections[position], path, body)
+                latencies[position].append(time.perf_counter() - started)
+                if status != 200:
+                    raise RuntimeError(f"{path} answered HTTP {status}: {data[:300]!r}")
+    finally:
+        for connection in connections:
+            connection.close()
+    return latencies
+
+
 def sequential_latencies(host: str, port: int, path: str, bodies: Sequence[bytes], count: int) -> list[float]:
     """Seconds per request, ``count`` requests one after another on one fresh keep-alive connection."""
     connection = connect(host, port)
