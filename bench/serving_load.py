@@ -274,15 +274,4 @@ def round_robin_latencies(
 
 def sequential_latencies(host: str, port: int, path: str, bodies: Sequence[bytes], count: int) -> list[float]:
     """Seconds per request, ``count`` requests one after another on one fresh keep-alive connection."""
-    connection = connect(host, port)
-    latencies = []
-    try:
-        for index in range(count):
-            started = time.perf_counter()
-            status, data = _post(connection, path, bodies[index % len(bodies)])
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"{path} answered HTTP {status}: {data[:300]!r}")
-    finally:
-        connection.close()
-    return latencies
+    return round_robin_latencies([(host, port)], path, bodies, count)[0]
